@@ -1,0 +1,44 @@
+# coremetrics developer entry points. `make` alone lists them.
+SHELL := /bin/bash
+VENV  := .venv
+RUFF  := $(VENV)/bin/ruff
+ARGS  ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint fmt services-up services-down clean venv
+
+help:
+	@echo "make run            run the app (scripts/run.sh)"
+	@echo "make test           full test run: pytest, smoke, ruff, migrations check"
+	@echo "                    extra pytest args: make test ARGS=\"-k foo\""
+	@echo "make lint           ruff check + ruff format --check"
+	@echo "make fmt            ruff format + ruff check --fix"
+	@echo "make services-up    start throwaway PostgreSQL + Redis (env: var/test-services/env)"
+	@echo "make services-down  stop them and remove var/test-services"
+	@echo "make clean          remove var/ and .venv"
+
+venv:
+	@bash scripts/bootstrap.sh
+
+run:
+	bash scripts/run.sh
+
+test:
+	bash scripts/test.sh $(ARGS)
+
+lint: venv
+	$(RUFF) check .
+	$(RUFF) format --check .
+
+fmt: venv
+	$(RUFF) format .
+	$(RUFF) check --fix .
+
+services-up:
+	@bash scripts/services.sh start
+
+services-down:
+	@bash scripts/services.sh stop
+
+clean: services-down
+	rm -rf var .venv

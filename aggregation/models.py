@@ -1,0 +1,111 @@
+from django.db import models
+
+from coremetrics.models import Client
+
+
+class Event(models.Model):
+    """One recorded activity: a delivery answer or something the tag tracked (A1-A3)."""
+
+    class Type(models.TextChoices):
+        DELIVERY = "delivery", "Delivery"
+        PAGE_VIEW = "page_view", "Page view"
+        PRODUCT_VIEW = "product_view", "Product view"
+        CART_ADD = "cart_add", "Cart add"
+        CART_REMOVE = "cart_remove", "Cart remove"
+        PURCHASE = "purchase", "Purchase"
+        CUSTOM = "custom", "Custom"
+
+    event_id = models.UUIDField(unique=True)
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="events")
+    type = models.CharField(max_length=20, choices=Type.choices)
+    visitor_id = models.CharField(max_length=64)
+    session_id = models.CharField(max_length=64, blank=True)
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField()
+    url = models.CharField(max_length=2000, blank=True)
+    referrer = models.CharField(max_length=2000, blank=True)
+    campaign_key = models.CharField(max_length=60, blank=True)
+    placement_key = models.CharField(max_length=60, blank=True)
+    content_id = models.BigIntegerField(null=True, blank=True)
+    table_version = models.PositiveIntegerField(null=True, blank=True)
+    product_id = models.CharField(max_length=100, blank=True)
+    order_id = models.CharField(max_length=100, blank=True)
+    value = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
+    currency = models.CharField(max_length=3, blank=True)
+    email = models.EmailField(max_length=254, blank=True)
+    properties = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-occurred_at"]
+        indexes = [
+            models.Index(fields=["client", "visitor_id", "occurred_at"]),
+            models.Index(fields=["client", "type", "occurred_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.visitor_id} {self.occurred_at:%Y-%m-%d %H:%M}"
+
+
+class Profile(models.Model):
+    """Everything aggregated about one visitor of one client (A5); rebuilt from events."""
+
+    class Source(models.TextChoices):
+        DIRECT = "direct", "Direct"
+        REFERRAL = "referral", "Referral"
+        SEARCH = "search", "Search engine"
+        CAMPAIGN = "campaign", "Campaign"
+        EMAIL = "email", "Email"
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="profiles")
+    visitor_id = models.CharField(max_length=64)
+    visits = models.PositiveIntegerField(default=0)
+    page_views = models.PositiveIntegerField(default=0)
+    product_views = models.PositiveIntegerField(default=0)
+    cart_adds = models.PositiveIntegerField(default=0)
+    cart_removes = models.PositiveIntegerField(default=0)
+    cart_abandonments = models.PositiveIntegerField(default=0)
+    purchases = models.PositiveIntegerField(default=0)
+    total_spent = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.DIRECT)
+    email = models.EmailField(max_length=254, blank=True)
+    attributes = models.JSONField(default=dict, blank=True)
+    first_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["client", "visitor_id"], name="profile_client_visitor_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.visitor_id
+
+
+class ConsolidationRun(models.Model):
+    """One pass of the consolidation job over closed spool files (A3)."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    files = models.PositiveIntegerField(default=0)
+    lines = models.PositiveIntegerField(default=0)
+    loaded = models.PositiveIntegerField(default=0)
+    duplicates = models.PositiveIntegerField(default=0)
+    bad_lines = models.PositiveIntegerField(default=0)
+    profiles_updated = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"Consolidation {self.started_at:%Y-%m-%d %H:%M:%S} ({self.status})"

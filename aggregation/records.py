@@ -1,0 +1,221 @@
+"""The record schema: what the tag may send, and what a spool line must hold to be loaded.
+
+Pure functions, no ORM. The collect batch (docs/aggregation.md):
+    {"visitor": VID, "session": SID, "sent_at": MS, "events": [EVENT, ...]}
+    EVENT = {"id": UUID, "type": TYPE, "at": MS, "url": str, "referrer": str,
+             "product_id": str, "order_id": str, "value": number, "currency": "USD",
+             "email": str, "properties": {str: scalar}}
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+
+TRACKED_TYPES = ("page_view", "product_view", "cart_add", "cart_remove", "purchase", "custom")
+RECORD_TYPES = ("delivery", *TRACKED_TYPES)
+TEXT_LIMITS = {
+    "url": 2000,
+    "referrer": 2000,
+    "product_id": 100,
+    "order_id": 100,
+    "email": 254,
+    "campaign_key": 60,
+    "placement_key": 60,
+    "session_id": 64,
+    "visitor_id": 64,
+    "currency": 3,
+}
+MAX_PROPERTIES_BYTES = 2048
+MAX_VALUE = Decimal("999999999999.99")
+# Events stamped further than this from the server's clock (after skew correction) are refused.
+MAX_EVENT_AGE = timedelta(days=7)
+
+
+class RecordError(ValueError):
+    pass
+
+
+def _text(event: dict, name: str, limit: int) -> str:
+    value = event.get(name, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RecordError(f"{name} must be a string")
+    if len(value) > limit:
+        raise RecordError(f"{name} is longer than {limit} characters")
+    return value
+
+
+def _value(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise RecordError("value must be a number")
+    try:
+        value = Decimal(str(raw))
+    except InvalidOperation:
+        raise RecordError("value must be a number") from None
+    if not value.is_finite() or not 0 <= value <= MAX_VALUE:
+        raise RecordError(f"value must be between 0 and {MAX_VALUE}")
+    return str(value.quantize(Decimal("0.01")))
+
+
+def _properties(raw: Any) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise RecordError("properties must be an object")
+    for key, item in raw.items():
+        if not isinstance(item, (str, int, float, bool)) and item is not None:
+            raise RecordError(f"properties.{key} must be a string, number or boolean")
+    if len(json.dumps(raw)) > MAX_PROPERTIES_BYTES:
+        raise RecordError(f"properties are larger than {MAX_PROPERTIES_BYTES} bytes")
+    return raw
+
+
+def _timestamp_ms(raw: Any, name: str) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise RecordError(f"{name} must be milliseconds since the epoch")
+    return float(raw)
+
+
+def event_from_tag(
+    event: Any,
+    *,
+    client_id: int,
+    visitor_id: str,
+    session_id: str,
+    sent_at_ms: float,
+    received_at: datetime,
+) -> dict:
+    """One tracked event as a spool record; raises RecordError naming what is wrong."""
+    if not isinstance(event, dict):
+        raise RecordError("must be an object")
+    try:
+        event_id = str(uuid.UUID(str(event.get("id", ""))))
+    except ValueError:
+        raise RecordError("id must be a UUID") from None
+    kind = event.get("type")
+    if kind not in TRACKED_TYPES:
+        raise RecordError(f"type must be one of {', '.join(TRACKED_TYPES)}")
+    at_ms = _timestamp_ms(event.get("at"), "at")
+    # The tag's clock may be wrong; the gap between the event and the send is not.
+    occurred_at = received_at - timedelta(milliseconds=max(0.0, sent_at_ms - at_ms))
+    if received_at - occurred_at > MAX_EVENT_AGE:
+        raise RecordError("at is more than 7 days before sent_at")
+    email = _text(event, "email", TEXT_LIMITS["email"]).strip()
+    if email:
+        try:
+            validate_email(email)
+        except ValidationError:
+            raise RecordError("email is not a valid address") from None
+    currency = _text(event, "currency", 3).upper()
+    if currency and not (len(currency) == 3 and currency.isalpha()):
+        raise RecordError("currency must be a three-letter code")
+    value = _value(event.get("value"))
+    if kind == "purchase" and value is None:
+        raise RecordError("a purchase needs a value")
+    return {
+        "event_id": event_id,
+        "client": client_id,
+        "type": kind,
+        "visitor_id": visitor_id,
+        "session_id": session_id,
+        "occurred_at": occurred_at.isoformat(),
+        "received_at": received_at.isoformat(),
+        "url": _text(event, "url", TEXT_LIMITS["url"]),
+        "referrer": _text(event, "referrer", TEXT_LIMITS["referrer"]),
+        "campaign_key": "",
+        "placement_key": "",
+        "content_id": None,
+        "table_version": None,
+        "product_id": _text(event, "product_id", TEXT_LIMITS["product_id"]),
+        "order_id": _text(event, "order_id", TEXT_LIMITS["order_id"]),
+        "value": value,
+        "currency": currency,
+        "email": email,
+        "properties": _properties(event.get("properties")),
+    }
+
+
+def delivery_record(
+    *,
+    client_id: int,
+    visitor_id: str,
+    session_id: str,
+    placement_key: str,
+    campaign_key: str,
+    content_id: int | None,
+    table_version: int | None,
+    url: str,
+    referrer: str,
+    at: datetime,
+) -> dict:
+    """The spool record of one delivery answer (D4)."""
+    return {
+        "event_id": str(uuid.uuid4()),
+        "client": client_id,
+        "type": "delivery",
+        "visitor_id": visitor_id,
+        "session_id": session_id,
+        "occurred_at": at.isoformat(),
+        "received_at": at.isoformat(),
+        "url": url[: TEXT_LIMITS["url"]],
+        "referrer": referrer[: TEXT_LIMITS["referrer"]],
+        "campaign_key": campaign_key,
+        "placement_key": placement_key,
+        "content_id": content_id,
+        "table_version": table_version,
+        "product_id": "",
+        "order_id": "",
+        "value": None,
+        "currency": "",
+        "email": "",
+        "properties": {},
+    }
+
+
+def record_parse(line: bytes) -> dict:
+    """A spool line checked field by field before loading; raises RecordError."""
+    try:
+        record = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        raise RecordError("not JSON") from None
+    if not isinstance(record, dict):
+        raise RecordError("not an object")
+    try:
+        record["event_id"] = str(uuid.UUID(record["event_id"]))
+        if record["type"] not in RECORD_TYPES:
+            raise RecordError(f"unknown type {record['type']!r}")
+        if not isinstance(record["client"], int) or isinstance(record["client"], bool):
+            raise RecordError("client must be an integer")
+        for name in ("occurred_at", "received_at"):
+            moment = datetime.fromisoformat(record[name])
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            record[name] = moment
+        for name, limit in TEXT_LIMITS.items():
+            if not isinstance(record[name], str) or len(record[name]) > limit:
+                raise RecordError(f"{name} must be a string of at most {limit} characters")
+        if not record["visitor_id"]:
+            raise RecordError("visitor_id is empty")
+        for name in ("content_id", "table_version"):
+            if record[name] is not None and not isinstance(record[name], int):
+                raise RecordError(f"{name} must be an integer or null")
+        record["value"] = None if record["value"] is None else Decimal(record["value"])
+        if not isinstance(record["properties"], dict):
+            raise RecordError("properties must be an object")
+    except KeyError as error:
+        raise RecordError(f"missing field {error.args[0]}") from None
+    except (TypeError, ValueError, InvalidOperation) as error:
+        if isinstance(error, RecordError):
+            raise
+        raise RecordError(f"bad field: {error}") from None
+    return record

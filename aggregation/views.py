@@ -1,0 +1,89 @@
+"""The collect endpoint the tag sends its batches to (A1)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from aggregation.services import BatchError, events_collect
+from delivery.identity import SESSION_ID_RE, visitor_id_is_valid
+from delivery.views import QueryError, client_view_get
+
+logger = logging.getLogger(__name__)
+
+
+def _reply(request: HttpRequest, status: int, data: dict) -> JsonResponse:
+    response = JsonResponse(data, status=status)
+    # The tag posts text/plain (no preflight); reading the reply is harmless for any origin.
+    response["Access-Control-Allow-Origin"] = "*"
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@csrf_exempt
+@require_http_methods(["POST"])
+def collect(request: HttpRequest) -> HttpResponse:
+    """Accept a batch of tracked events; 202 once spooled, 4xx saying why, 503 if not stored."""
+    limit = settings.COLLECT_MAX_BYTES
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > limit:
+        return _reply(request, 413, {"error": f"body is larger than {limit} bytes"})
+    try:
+        view = client_view_get(request)
+    except QueryError as error:
+        return _reply(request, error.status, {"error": str(error)})
+    body = request.read(limit + 1)
+    if len(body) > limit:
+        return _reply(request, 413, {"error": f"body is larger than {limit} bytes"})
+    try:
+        batch = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return _reply(request, 400, {"error": "body is not JSON"})
+    errors = _batch_errors(batch)
+    if errors:
+        return _reply(request, 400, {"error": "invalid batch", "errors": errors})
+    try:
+        accepted = events_collect(
+            client_id=view.client_id,
+            visitor_id=batch["visitor"],
+            session_id=batch["session"],
+            sent_at_ms=float(batch["sent_at"]),
+            events=batch["events"],
+            received_at=timezone.now(),
+        )
+    except BatchError as error:
+        return _reply(request, 400, {"error": "invalid events", "errors": error.errors})
+    except OSError:
+        logger.exception("could not spool a batch")
+        return _reply(request, 503, {"error": "cannot store events now; retry later"})
+    return _reply(request, 202, {"accepted": accepted})
+
+
+def _batch_errors(batch: object) -> list[str]:
+    if not isinstance(batch, dict):
+        return ["body must be a JSON object"]
+    errors = []
+    visitor_id = batch.get("visitor")
+    if not isinstance(visitor_id, str) or not visitor_id_is_valid(visitor_id):
+        errors.append("visitor must be a visitor id issued by this server")
+    session_id = batch.get("session")
+    if not isinstance(session_id, str) or not SESSION_ID_RE.match(session_id):
+        errors.append("session must be a session id issued by this server")
+    sent_at = batch.get("sent_at")
+    if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):
+        errors.append("sent_at must be milliseconds since the epoch")
+    events = batch.get("events")
+    if not isinstance(events, list) or not events:
+        errors.append("events must be a non-empty list")
+    elif len(events) > settings.COLLECT_MAX_EVENTS:
+        errors.append(f"events holds more than {settings.COLLECT_MAX_EVENTS} events")
+    return errors

@@ -1,0 +1,72 @@
+from django.conf import settings
+from django.contrib import admin
+
+from coremetrics.models import Client, Membership, Site
+from coremetrics.tenancy import client_of, membership_of
+from delivery.tag import tag_snippet
+
+admin.site.site_header = "coremetrics console"
+admin.site.site_title = "coremetrics"
+admin.site.index_title = "Personalization console"
+
+
+class SiteInline(admin.TabularInline):
+    model = Site
+    extra = 0
+
+
+@admin.register(Client)
+class ClientAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "public_key", "is_active"]
+    search_fields = ["name", "slug"]
+    readonly_fields = ["public_key", "created_at"]
+    inlines = [SiteInline]
+    change_form_template = "admin/coremetrics/client/change_form.html"
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        client = self.get_object(request, object_id)
+        if client is not None:
+            base = settings.PUBLIC_BASE_URL or request.build_absolute_uri("/")
+            extra_context = {
+                **(extra_context or {}),
+                "snippet": tag_snippet(base_url=base, public_key=client.public_key),
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        client = client_of(request)
+        return queryset.filter(pk=client.pk) if client else queryset.none()
+
+    def has_module_permission(self, request):
+        return request.user.is_superuser or membership_of(request.user) is not None
+
+    def has_view_permission(self, request, obj=None):
+        return self.has_module_permission(request)
+
+    def has_change_permission(self, request, obj=None):
+        membership = membership_of(request.user)
+        is_client_admin = membership is not None and membership.role == Membership.Role.ADMIN
+        return request.user.is_superuser or is_client_admin
+
+    def has_add_permission(self, request):
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "client", "role"]
+    list_filter = ["role"]
+    autocomplete_fields = ["user"]
+
+    def has_module_permission(self, request):
+        return request.user.is_superuser
+
+    has_view_permission = has_change_permission = has_add_permission = has_delete_permission = (
+        lambda self, request, obj=None: request.user.is_superuser
+    )

@@ -1,0 +1,172 @@
+"""The demo client of `make run` and the browser tests: the patent's golf shop (seed_demo)."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+
+from aggregation.services import spool_consolidate
+from aggregation.spool import spool_append
+from campaigns.models import Attachment, Campaign, Content, Placement
+from coremetrics.demo_shop import DEMO_CLIENT_SLUG, PRODUCTS
+from coremetrics.models import Client, Membership, Site
+from delivery.identity import visitor_id_issue
+from segmentation.models import Segment
+
+DEMO_PASSWORD = "coremetrics"
+
+BANNERS = [
+    # name, file, segment, rule, priority
+    ("Banner: thanks, 15% off", "buyer", "Bought at least once",
+     {"field": "purchases", "op": "gte", "value": 1}, 1),
+    ("Banner: your cart is waiting", "cart", "Abandoned a cart, never bought",
+     {"all": [{"field": "cart_abandonments", "op": "gte", "value": 1},
+              {"field": "purchases", "op": "eq", "value": 0}]}, 2),
+    ("Banner: welcome back", "returning", "Visited more than once",
+     {"field": "visits", "op": "gt", "value": 1}, 3),
+    ("Banner: first time, 10% off", "first", "First-time visitors",
+     {"field": "first_time", "op": "is", "value": True}, 4),
+]  # fmt: skip
+
+
+@transaction.atomic
+def demo_client_seed(*, base_url: str) -> Client:
+    """Create (or bring up to date) the golf shop: content, segments, campaign and users."""
+    base = base_url.rstrip("/")
+    client, _ = Client.objects.update_or_create(
+        slug=DEMO_CLIENT_SLUG, defaults={"name": "Fairway Golf (demo)", "timezone": "UTC"}
+    )
+    Site.objects.get_or_create(client=client, origin=base)
+    placement, _ = Placement.objects.update_or_create(
+        client=client, key="home-banner", defaults={"name": "Home page banner"}
+    )
+
+    def banner(name: str, file: str) -> Content:
+        content, _ = Content.objects.update_or_create(
+            client=client,
+            name=name,
+            defaults={
+                "type": Content.Type.IMAGE,
+                "url": f"{base}/static/demo/banners/{file}.svg",
+                "click_url": f"{base}/demo/shop/",
+                "alt_text": name.removeprefix("Banner: "),
+            },
+        )
+        return content
+
+    default = banner("Banner: spring season (default)", "default")
+    campaign, _ = Campaign.objects.update_or_create(
+        client=client,
+        key="spring-banner",
+        defaults={"name": "Spring banner", "placement": placement, "default_content": default},
+    )
+    for name, file, segment_name, rule, priority in BANNERS:
+        segment, _ = Segment.objects.update_or_create(
+            client=client, name=segment_name, defaults={"rule": rule}
+        )
+        Attachment.objects.update_or_create(
+            campaign=campaign,
+            segment=segment,
+            defaults={"client": client, "content": banner(name, file), "priority": priority},
+        )
+    _users_seed(client)
+    _other_client_seed(base)
+    return client
+
+
+def _users_seed(client: Client) -> None:
+    users = get_user_model()
+    if not users.objects.filter(username="admin").exists():
+        users.objects.create_superuser("admin", "admin@example.com", DEMO_PASSWORD)
+    marketer, created = users.objects.get_or_create(
+        username="marketer", defaults={"is_staff": True, "email": "marketer@example.com"}
+    )
+    if created:
+        marketer.set_password(DEMO_PASSWORD)
+        marketer.save(update_fields=["password"])
+    Membership.objects.update_or_create(
+        user=marketer, defaults={"client": client, "role": Membership.Role.MARKETER}
+    )
+
+
+def _other_client_seed(base: str) -> None:
+    """A second client, so the console shows that a marketer sees only their own."""
+    other, _ = Client.objects.update_or_create(
+        slug="tennis-outlet", defaults={"name": "Tennis Outlet (demo)"}
+    )
+    Placement.objects.update_or_create(
+        client=other, key="top-banner", defaults={"name": "Top banner"}
+    )
+
+
+def demo_history_seed(*, client: Client, visitors: int, seed: int = 7) -> int:
+    """Spool a synthetic past for `visitors` visitors and consolidate it; returns events made.
+
+    The history goes through the real path (spool files, consolidation, profiles), so the demo
+    starts with profiles that the segments match.
+    """
+    rng = random.Random(seed)
+    now = timezone.now()
+    count = 0
+    batch: list[dict] = []
+    for _ in range(visitors):
+        visitor_id = visitor_id_issue()
+        visits = rng.choices([1, 2, 3, 5, 8], weights=[45, 25, 15, 10, 5])[0]
+        start = now - timedelta(days=rng.uniform(2, 60))
+        for visit in range(visits):
+            at = start + timedelta(days=visit * rng.uniform(0.5, 4))
+            if at > now - timedelta(hours=1):
+                break
+            session_id = f"{int(at.timestamp()):x}.{uuid.uuid4().hex[:12]}"
+            events = [("page_view", {})]
+            for product in rng.sample(PRODUCTS, rng.randint(0, 3)):
+                events.append(("product_view", {"product_id": product["id"]}))
+                if rng.random() < 0.35:
+                    events.append(
+                        ("cart_add", {"product_id": product["id"], "value": product["price"]})
+                    )
+                    if rng.random() < 0.25:
+                        events.append(("cart_remove", {"product_id": product["id"]}))
+            if any(kind == "cart_add" for kind, _ in events) and rng.random() < 0.45:
+                value = f"{rng.uniform(25, 900):.2f}"
+                events.append(("purchase", {"order_id": uuid.uuid4().hex[:10], "value": value}))
+            for offset, (kind, fields) in enumerate(events):
+                moment = (at + timedelta(minutes=offset * 2)).isoformat()
+                batch.append(_record(client.pk, visitor_id, session_id, kind, moment, fields))
+        if len(batch) >= 5000:
+            spool_append(batch)
+            count += len(batch)
+            batch = []
+    spool_append(batch)
+    count += len(batch)
+    spool_consolidate()
+    return count
+
+
+def _record(client_id, visitor_id, session_id, kind, moment, fields) -> dict:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "client": client_id,
+        "type": kind,
+        "visitor_id": visitor_id,
+        "session_id": session_id,
+        "occurred_at": moment,
+        "received_at": moment,
+        "url": "https://fairway.example/demo/shop/",
+        "referrer": "",
+        "campaign_key": "",
+        "placement_key": "",
+        "content_id": None,
+        "table_version": None,
+        "product_id": fields.get("product_id", ""),
+        "order_id": fields.get("order_id", ""),
+        "value": fields.get("value"),
+        "currency": "USD" if "value" in fields else "",
+        "email": "",
+        "properties": {},
+    }

@@ -1,0 +1,70 @@
+import secrets
+import zoneinfo
+
+from django.conf import settings
+from django.db import models
+
+
+def public_key_generate() -> str:
+    return "cm_" + secrets.token_urlsafe(12)
+
+
+TIMEZONE_CHOICES = [(name, name) for name in sorted(zoneinfo.available_timezones())]
+
+
+class Client(models.Model):
+    """A web site owner using coremetrics: the tenant every other row belongs to."""
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=60, unique=True)
+    public_key = models.CharField(
+        max_length=40,
+        unique=True,
+        default=public_key_generate,
+        help_text="Names the client in the tag and in queries; public, not a secret.",
+    )
+    timezone = models.CharField(max_length=64, choices=TIMEZONE_CHOICES, default="UTC")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Site(models.Model):
+    """An origin allowed to embed the client's tag and query delivery (CORS)."""
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="sites")
+    origin = models.URLField(
+        max_length=200, help_text="Scheme, host and port, e.g. https://shop.example.com"
+    )
+
+    class Meta:
+        ordering = ["origin"]
+        constraints = [
+            models.UniqueConstraint(fields=["client", "origin"], name="site_client_origin_unique")
+        ]
+
+    def __str__(self) -> str:
+        return self.origin
+
+
+class Membership(models.Model):
+    """A console user's client and role; a user without one (and not superuser) sees nothing."""
+
+    class Role(models.TextChoices):
+        VIEWER = "viewer", "Viewer"
+        MARKETER = "marketer", "Marketer"
+        ADMIN = "admin", "Client admin"
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership"
+    )
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.MARKETER)
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.client} ({self.role})"

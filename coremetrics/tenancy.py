@@ -1,0 +1,150 @@
+"""One scoping rule for the console: a marketer sees and changes only their client's rows (S5).
+
+Every tenant model has a `client` foreign key. The admin classes here filter querysets by it,
+limit foreign-key choices to the same client, refuse a row pointing at another client's row,
+and set `client` themselves for non-superusers. Roles come from the user's Membership.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin
+from django.db import models
+from django.http import HttpRequest
+
+from coremetrics.models import Client, Membership
+
+EDITOR_ROLES = (Membership.Role.MARKETER, Membership.Role.ADMIN)
+
+
+def membership_of(user) -> Membership | None:
+    if not user.is_authenticated or not user.is_active:
+        return None
+    try:
+        return user.membership
+    except Membership.DoesNotExist:
+        return None
+
+
+def client_of(request: HttpRequest) -> Client | None:
+    """The client whose data this request may see; None for superusers (all) and outsiders."""
+    membership = membership_of(request.user)
+    return membership.client if membership is not None else None
+
+
+def is_editor(request: HttpRequest) -> bool:
+    if request.user.is_superuser:
+        return True
+    membership = membership_of(request.user)
+    return membership is not None and membership.role in EDITOR_ROLES
+
+
+def _has_client(model: type[models.Model]) -> bool:
+    return any(field.name == "client" for field in model._meta.get_fields())
+
+
+class TenantForm(forms.ModelForm):
+    """Rejects a foreign key to a row of another client than the row's own."""
+
+    tenant_client: Client | None = None
+
+    def clean(self):
+        cleaned = super().clean()
+        client = (
+            self.tenant_client or cleaned.get("client") or getattr(self.instance, "client", None)
+        )
+        if client is None:
+            return cleaned
+        for name, value in cleaned.items():
+            is_tenant_row = isinstance(value, models.Model) and _has_client(type(value))
+            if is_tenant_row and value.client_id != client.pk:
+                self.add_error(name, "Choose one of this client's own rows.")
+        return cleaned
+
+
+class TenantScoped:
+    """Shared by TenantAdmin and TenantInline."""
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        client = client_of(request)
+        if client is None:
+            return queryset.none()
+        return queryset.filter(client=client)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        related = db_field.related_model
+        if not request.user.is_superuser:
+            client = client_of(request)
+            if related is Client:
+                kwargs["queryset"] = Client.objects.filter(pk=client.pk if client else None)
+            elif _has_client(related):
+                kwargs["queryset"] = related._default_manager.filter(client=client)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_exclude(self, request, obj=None):
+        exclude = list(super().get_exclude(request, obj) or [])
+        if not request.user.is_superuser:
+            exclude.append("client")
+        return exclude
+
+    def has_module_permission(self, request):
+        return request.user.is_superuser or membership_of(request.user) is not None
+
+    def has_view_permission(self, request, obj=None):
+        if request.user.is_superuser:
+            return True
+        client = client_of(request)
+        return client is not None and (obj is None or obj.client_id == client.pk)
+
+    def has_add_permission(self, request, obj=None):
+        return is_editor(request) and not self.is_read_only
+
+    def has_change_permission(self, request, obj=None):
+        return (
+            self.has_view_permission(request, obj) and is_editor(request) and not self.is_read_only
+        )
+
+    def has_delete_permission(self, request, obj=None):
+        return self.has_change_permission(request, obj)
+
+    is_read_only = False
+
+
+class TenantAdmin(TenantScoped, admin.ModelAdmin):
+    form = TenantForm
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        form.tenant_client = None if request.user.is_superuser else client_of(request)
+        return form
+
+    def save_model(self, request, obj, form, change):
+        if not request.user.is_superuser:
+            obj.client = client_of(request)
+        super().save_model(request, obj, form, change)
+
+    def save_formset(self, request, form, formset, change):
+        for inline_form in formset.forms:
+            if hasattr(inline_form.instance, "client_id"):
+                inline_form.instance.client = form.instance.client
+        super().save_formset(request, form, formset, change)
+
+
+class TenantInline(TenantScoped, admin.TabularInline):
+    """An inline whose rows take the parent's client."""
+
+    form = TenantForm
+
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)
+        formset.form.tenant_client = obj.client if obj is not None else client_of(request)
+        return formset
+
+
+class ReadOnlyTenantAdmin(TenantAdmin):
+    """Recorded data: marketers review it, nobody edits it by hand."""
+
+    is_read_only = True

@@ -1,0 +1,42 @@
+"""The answer for one visitor in each placement, from a node's local tables (D1, D2). Pure."""
+
+from __future__ import annotations
+
+from delivery.tables import ClientView
+
+
+def placements_answer(
+    view: ClientView, *, visitor_id: str, placement_keys: list[str]
+) -> list[dict]:
+    """One answer per placement asked: the table's content for the visitor, else the default."""
+    answers = []
+    for key in placement_keys:
+        placement = view.placements.get(key)
+        if placement is None:
+            answers.append(
+                {
+                    "placement": key,
+                    "campaign": None,
+                    "content": None,
+                    "version": None,
+                    "source": "unknown-placement",
+                }
+            )
+            continue
+        table = placement.table
+        content_id = table.visitors.get(visitor_id) if table is not None else None
+        if content_id is not None:
+            assert table is not None
+            content, source = table.contents[content_id], "table"
+        else:
+            content, source = placement.default, "default"
+        answers.append(
+            {
+                "placement": key,
+                "campaign": placement.campaign_key,
+                "content": content,
+                "version": table.version if table is not None else None,
+                "source": source,
+            }
+        )
+    return answers

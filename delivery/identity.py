@@ -1,0 +1,62 @@
+"""Visitor and session ids (D5).
+
+A visitor id is 120 random bits plus a MAC under the server's secret, so delivery can tell an
+id it issued from a made-up one without a database lookup, and ids cannot be enumerated.
+A session id carries its start time (to end it after SESSION_MAX_HOURS) and a hash of the
+client, visitor, truncated IP and that time, as the patent builds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import secrets
+
+from django.conf import settings
+from django.utils.crypto import constant_time_compare, salted_hmac
+
+VISITOR_ID_RE = re.compile(r"^[A-Za-z0-9_-]{20}\.[0-9a-f]{10}$")
+SESSION_ID_RE = re.compile(r"^[0-9a-f]{8,12}\.[0-9a-f]{12}$")
+
+
+def _visitor_mac(token: str) -> str:
+    return salted_hmac("coremetrics.visitor", token).hexdigest()[:10]
+
+
+def visitor_id_issue() -> str:
+    token = secrets.token_urlsafe(15)
+    return f"{token}.{_visitor_mac(token)}"
+
+
+def visitor_id_is_valid(visitor_id: str) -> bool:
+    if not VISITOR_ID_RE.match(visitor_id):
+        return False
+    token, mac = visitor_id.split(".")
+    return constant_time_compare(mac, _visitor_mac(token))
+
+
+def ip_truncate(ip: str) -> str:
+    """Keep the network, drop the host: /24 for IPv4, /48 for IPv6; '' when not an address."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ""
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
+def session_id_issue(*, client_key: str, visitor_id: str, ip: str, now: float) -> str:
+    started = int(now)
+    digest = hashlib.sha256(f"{client_key}|{visitor_id}|{ip}|{now}".encode()).hexdigest()
+    return f"{started:x}.{digest[:12]}"
+
+
+def session_is_current(session_id: str, *, idle_seconds: float | None, now: float) -> bool:
+    """True while the session is younger than SESSION_MAX_HOURS and not idle too long."""
+    if not SESSION_ID_RE.match(session_id):
+        return False
+    started = int(session_id.split(".")[0], 16)
+    if not 0 <= now - started < settings.SESSION_MAX_HOURS * 3600:
+        return False
+    return idle_seconds is None or idle_seconds < settings.SESSION_IDLE_MINUTES * 60

@@ -1,0 +1,46 @@
+"""Publishing what delivery nodes serve (D2)."""
+
+from __future__ import annotations
+
+import json
+
+from campaigns.selectors import campaigns_active, content_answer
+from coremetrics.models import Client
+from delivery.tables import store_get
+from segmentation.selectors import table_versions_serving
+
+
+def manifest_publish(*, client_id: int) -> dict:
+    """Write the client's manifest: per placement its campaign, default and serving version."""
+    client = Client.objects.prefetch_related("sites").get(pk=client_id)
+    serving = table_versions_serving(client_id=client_id)
+    placements = {}
+    if client.is_active:
+        for campaign in campaigns_active(client_id=client_id):
+            placements[campaign.placement.key] = {
+                "campaign_id": campaign.pk,
+                "campaign": campaign.key,
+                "default": content_answer(campaign.default_content),
+                "version": serving.get(campaign.pk),
+            }
+    manifest = {
+        "client_id": client.pk,
+        "public_key": client.public_key,
+        "origins": sorted(site.origin.rstrip("/") for site in client.sites.all()),
+        "placements": placements,
+    }
+    store_get().manifest_put(client.public_key, _dumps(manifest))
+    return manifest
+
+
+def table_store(*, campaign_id: int, version: int, table: dict) -> None:
+    """Write one table version (immutable); it serves once a manifest names it."""
+    store_get().table_put(campaign_id, version, _dumps(table))
+
+
+def table_discard(*, campaign_id: int, version: int) -> None:
+    store_get().table_delete(campaign_id, version)
+
+
+def _dumps(data: dict) -> bytes:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()

@@ -1,0 +1,259 @@
+"""Where published lookup tables live, and each node's local copy of them (D2).
+
+Two kinds of blob are published per client:
+- a manifest (small, rewritten on every publish) naming, per placement, the active campaign,
+  its default answer and the table version now serving;
+- one table per (campaign, version), immutable once written: visitor id -> content id, with
+  the answers for every content it names.
+
+Publishing writes the table first and then replaces the manifest in one atomic write, so a
+reader sees the old version or the new one, never a mix. Stores: Redis (REDIS_URL) or a
+directory (the embedded default). A node keeps parsed copies in process memory and checks the
+manifest at most every DELIVERY_REFRESH_SECONDS, so a request costs no database query and, in
+between checks, no network round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+
+class TableStore(Protocol):
+    def manifest_get(self, public_key: str) -> bytes | None: ...
+    def manifest_put(self, public_key: str, data: bytes) -> None: ...
+    def table_get(self, campaign_id: int, version: int) -> bytes | None: ...
+    def table_put(self, campaign_id: int, version: int, data: bytes) -> None: ...
+    def table_delete(self, campaign_id: int, version: int) -> None: ...
+
+
+class RedisTableStore:
+    def __init__(self, url: str, prefix: str = "cm"):
+        import redis
+
+        # Bounded timeouts: a delivery node must keep answering from memory if Redis stalls.
+        self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._prefix = prefix
+
+    def _manifest_key(self, public_key: str) -> str:
+        return f"{self._prefix}:manifest:{public_key}"
+
+    def _table_key(self, campaign_id: int, version: int) -> str:
+        return f"{self._prefix}:table:{campaign_id}:{version}"
+
+    def manifest_get(self, public_key: str) -> bytes | None:
+        return self._redis.get(self._manifest_key(public_key))
+
+    def manifest_put(self, public_key: str, data: bytes) -> None:
+        self._redis.set(self._manifest_key(public_key), data)
+
+    def table_get(self, campaign_id: int, version: int) -> bytes | None:
+        return self._redis.get(self._table_key(campaign_id, version))
+
+    def table_put(self, campaign_id: int, version: int, data: bytes) -> None:
+        self._redis.set(self._table_key(campaign_id, version), data)
+
+    def table_delete(self, campaign_id: int, version: int) -> None:
+        self._redis.delete(self._table_key(campaign_id, version))
+
+
+class FileTableStore:
+    def __init__(self, directory: Path):
+        self._directory = Path(directory)
+
+    def _manifest_path(self, public_key: str) -> Path:
+        return self._directory / "manifests" / f"{public_key}.json"
+
+    def _table_path(self, campaign_id: int, version: int) -> Path:
+        return self._directory / "tables" / f"{campaign_id}-{version}.json"
+
+    @staticmethod
+    def _read(path: Path) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write aside, then rename over: readers see the whole old file or the whole new one.
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def manifest_get(self, public_key: str) -> bytes | None:
+        return self._read(self._manifest_path(public_key))
+
+    def manifest_put(self, public_key: str, data: bytes) -> None:
+        self._write(self._manifest_path(public_key), data)
+
+    def table_get(self, campaign_id: int, version: int) -> bytes | None:
+        return self._read(self._table_path(campaign_id, version))
+
+    def table_put(self, campaign_id: int, version: int, data: bytes) -> None:
+        self._write(self._table_path(campaign_id, version), data)
+
+    def table_delete(self, campaign_id: int, version: int) -> None:
+        self._table_path(campaign_id, version).unlink(missing_ok=True)
+
+
+@cache
+def store_get() -> TableStore:
+    """The configured table store: Redis when REDIS_URL is set, else files under TABLE_STORE_DIR."""
+    if settings.REDIS_URL:
+        return RedisTableStore(settings.REDIS_URL)
+    return FileTableStore(settings.TABLE_STORE_DIR)
+
+
+@dataclass(frozen=True)
+class Table:
+    campaign_id: int
+    version: int
+    contents: dict[int, dict[str, Any]]
+    visitors: dict[str, int]
+
+
+@dataclass(frozen=True)
+class PlacementView:
+    key: str
+    campaign_id: int
+    campaign_key: str
+    default: dict[str, Any] | None
+    table: Table | None
+
+
+@dataclass(frozen=True)
+class ClientView:
+    client_id: int
+    public_key: str
+    origins: frozenset[str]
+    placements: dict[str, PlacementView]
+
+
+@dataclass
+class _Entry:
+    raw: bytes | None
+    view: ClientView | None
+    checked_at: float
+    tables: dict[tuple[int, int], Table] = field(default_factory=dict)
+
+
+class LocalTables:
+    """A node's in-memory copy of the published manifests and tables."""
+
+    def __init__(self, store: TableStore, refresh_seconds: float):
+        self._store = store
+        self._refresh_seconds = refresh_seconds
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+
+    def client(self, public_key: str) -> ClientView | None:
+        entry = self._entries.get(public_key)
+        now = time.monotonic()
+        if entry is not None and now - entry.checked_at < self._refresh_seconds:
+            return entry.view
+        with self._lock:
+            entry = self._refresh(public_key, self._entries.get(public_key), now)
+            self._entries[public_key] = entry
+        return entry.view
+
+    def _refresh(self, public_key: str, entry: _Entry | None, now: float) -> _Entry:
+        try:
+            raw = self._store.manifest_get(public_key)
+        except Exception:
+            # Keep answering from what we hold; the next check tries the store again.
+            logger.warning("table store unreachable; serving the copy held", exc_info=True)
+            if entry is not None:
+                entry.checked_at = now
+                return entry
+            return _Entry(raw=None, view=None, checked_at=now)
+        if entry is not None and raw == entry.raw:
+            entry.checked_at = now
+            return entry
+        if raw is None:
+            return _Entry(raw=None, view=None, checked_at=now)
+        held = entry.tables if entry is not None else {}
+        try:
+            view, tables = self._load(json.loads(raw), held)
+        except Exception:
+            logger.exception("could not load the published tables of %s", public_key)
+            if entry is not None:
+                entry.checked_at = now
+                return entry
+            return _Entry(raw=None, view=None, checked_at=now)
+        return _Entry(raw=raw, view=view, checked_at=now, tables=tables)
+
+    def _load(
+        self, manifest: dict, held: dict[tuple[int, int], Table]
+    ) -> tuple[ClientView, dict[tuple[int, int], Table]]:
+        tables: dict[tuple[int, int], Table] = {}
+        placements = {}
+        for key, placement in manifest["placements"].items():
+            table = None
+            if placement["version"] is not None:
+                ident = (placement["campaign_id"], placement["version"])
+                table = held.get(ident) or self._table_load(*ident)
+                tables[ident] = table
+            placements[key] = PlacementView(
+                key=key,
+                campaign_id=placement["campaign_id"],
+                campaign_key=placement["campaign"],
+                default=placement["default"],
+                table=table,
+            )
+        view = ClientView(
+            client_id=manifest["client_id"],
+            public_key=manifest["public_key"],
+            origins=frozenset(manifest["origins"]),
+            placements=placements,
+        )
+        return view, tables
+
+    def _table_load(self, campaign_id: int, version: int) -> Table:
+        raw = self._store.table_get(campaign_id, version)
+        if raw is None:
+            raise LookupError(f"table {campaign_id} v{version} is named but missing")
+        data = json.loads(raw)
+        return Table(
+            campaign_id=campaign_id,
+            version=version,
+            contents={int(ident): answer for ident, answer in data["contents"].items()},
+            visitors=data["visitors"],
+        )
+
+
+_local: LocalTables | None = None
+
+
+def local_tables() -> LocalTables:
+    """This process's copy of the published tables."""
+    global _local
+    if _local is None:
+        _local = LocalTables(store_get(), settings.DELIVERY_REFRESH_SECONDS)
+    return _local
+
+
+def local_tables_reset() -> None:
+    global _local
+    _local = None
+    store_get.cache_clear()

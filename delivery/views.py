@@ -1,0 +1,193 @@
+"""Delivery's HTTP interface: the query, visitor ids and the served tag (D1, D5, T1)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from functools import cache
+from pathlib import Path
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods
+
+from aggregation.records import delivery_record
+from aggregation.spool import spool_append
+from delivery.answers import placements_answer
+from delivery.identity import (
+    ip_truncate,
+    session_id_issue,
+    session_is_current,
+    visitor_id_is_valid,
+    visitor_id_issue,
+)
+from delivery.tables import ClientView, local_tables
+
+logger = logging.getLogger(__name__)
+
+KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+PLACEMENT_RE = re.compile(r"^[A-Za-z0-9_-]{1,60}$")
+MAX_PLACEMENTS = 20
+MAX_URL = 2000
+
+
+class QueryError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _error(error: QueryError) -> JsonResponse:
+    response = JsonResponse({"error": str(error)}, status=error.status)
+    # Errors carry nothing private; any page may read why its request failed.
+    response["Access-Control-Allow-Origin"] = "*"
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _answer(request: HttpRequest, view: ClientView, data: dict) -> JsonResponse:
+    response = JsonResponse(data)
+    origin = request.headers.get("Origin")
+    if origin and origin in view.origins:
+        response["Access-Control-Allow-Origin"] = origin
+    response["Vary"] = "Origin"
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def client_view_get(request: HttpRequest) -> ClientView:
+    key = request.GET.get("k", "")
+    if not key:
+        raise QueryError(400, "k (the client key) is required")
+    if not KEY_RE.match(key):
+        raise QueryError(400, "k is not a client key")
+    view = local_tables().client(key)
+    if view is None:
+        raise QueryError(404, "unknown client key")
+    return view
+
+
+def _text_param(request: HttpRequest, name: str) -> str:
+    value = request.GET.get(name, "")
+    if len(value) > MAX_URL:
+        raise QueryError(400, f"{name} is longer than {MAX_URL} characters")
+    return value
+
+
+@require_GET
+def query(request: HttpRequest) -> HttpResponse:
+    """Which content this visitor sees in each placement asked for; records every answer."""
+    try:
+        view = client_view_get(request)
+        visitor_id = request.GET.get("v", "")
+        if not visitor_id:
+            raise QueryError(400, "v (the visitor id) is required; get one from /d/v1/visitor")
+        if not visitor_id_is_valid(visitor_id):
+            raise QueryError(400, "v is not a visitor id issued by this server")
+        keys = [key for key in request.GET.get("p", "").split(",") if key]
+        if len(keys) > MAX_PLACEMENTS:
+            raise QueryError(400, f"p names more than {MAX_PLACEMENTS} placements")
+        if any(not PLACEMENT_RE.match(key) for key in keys):
+            raise QueryError(400, "p must be placement keys (letters, digits, - and _)")
+        idle = request.GET.get("i")
+        try:
+            idle_seconds = None if idle is None else float(idle)
+        except ValueError:
+            raise QueryError(400, "i (seconds idle) must be a number") from None
+        if idle_seconds is not None and not 0 <= idle_seconds < 10**9:
+            raise QueryError(400, "i (seconds idle) must be a number") from None
+        url, referrer = _text_param(request, "u"), _text_param(request, "r")
+    except QueryError as error:
+        return _error(error)
+    now = time.time()
+    session_id = request.GET.get("s", "")
+    if not session_is_current(session_id, idle_seconds=idle_seconds, now=now):
+        session_id = session_id_issue(
+            client_key=view.public_key,
+            visitor_id=visitor_id,
+            ip=ip_truncate(request.META.get("REMOTE_ADDR", "")),
+            now=now,
+        )
+    answers = placements_answer(
+        view, visitor_id=visitor_id, placement_keys=list(dict.fromkeys(keys))
+    )
+    at = timezone.now()
+    records = [
+        delivery_record(
+            client_id=view.client_id,
+            visitor_id=visitor_id,
+            session_id=session_id,
+            placement_key=answer["placement"],
+            campaign_key=answer["campaign"],
+            content_id=answer["content"]["id"] if answer["content"] else None,
+            table_version=answer["version"],
+            url=url,
+            referrer=referrer,
+            at=at,
+        )
+        for answer in answers
+        if answer["campaign"] is not None
+    ]
+    try:
+        spool_append(records)
+    except OSError:
+        # The visitor still gets an answer; the lost records are counted in the log.
+        logger.exception("could not spool %d delivery records", len(records))
+    return _answer(
+        request,
+        view,
+        {
+            "client": view.public_key,
+            "visitor": visitor_id,
+            "session": session_id,
+            "placements": answers,
+        },
+    )
+
+
+@csrf_exempt
+@require_http_methods(["POST"])
+def visitor(request: HttpRequest) -> HttpResponse:
+    """Issue a new visitor id and session id (D5, T2)."""
+    try:
+        view = client_view_get(request)
+    except QueryError as error:
+        return _error(error)
+    visitor_id = visitor_id_issue()
+    session_id = session_id_issue(
+        client_key=view.public_key,
+        visitor_id=visitor_id,
+        ip=ip_truncate(request.META.get("REMOTE_ADDR", "")),
+        now=time.time(),
+    )
+    return _answer(request, view, {"visitor": visitor_id, "session": session_id})
+
+
+@cache
+def _tag_source() -> str:
+    return (Path(settings.BASE_DIR) / "static" / "cm" / "tag.js").read_text()
+
+
+@require_GET
+def tag(request: HttpRequest, public_key: str) -> HttpResponse:
+    """The tag, configured for one client (T1)."""
+    if not KEY_RE.match(public_key) or local_tables().client(public_key) is None:
+        return HttpResponse(
+            "/* coremetrics: unknown client key */", status=404, content_type="text/javascript"
+        )
+    base = settings.PUBLIC_BASE_URL or request.build_absolute_uri("/").rstrip("/")
+    config = {
+        "key": public_key,
+        "base": base,
+        "cookieDays": settings.VISITOR_COOKIE_DAYS,
+        "idleMinutes": settings.SESSION_IDLE_MINUTES,
+    }
+    body = f"var __cmConfig={json.dumps(config)};\n{_tag_source()}"
+    response = HttpResponse(body, content_type="text/javascript; charset=utf-8")
+    response["Cache-Control"] = "public, max-age=300"
+    response["Access-Control-Allow-Origin"] = "*"
+    return response

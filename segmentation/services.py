@@ -1,0 +1,117 @@
+"""Segments and lookup-table builds (S2, S4)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from aggregation.selectors import profiles_matching
+from campaigns.selectors import (
+    attachments_for_campaign,
+    campaign_get,
+    campaigns_active,
+    content_answer,
+)
+from coremetrics.models import Client
+from delivery.services import manifest_publish, table_discard, table_store
+from segmentation.models import Segment, TableVersion
+from segmentation.rules import RuleError, rule_compile, rule_validate
+
+logger = logging.getLogger(__name__)
+
+
+def segment_audience_count(*, segment: Segment) -> int:
+    """How many of the client's profiles the segment's rule matches."""
+    condition = rule_compile(rule_validate(segment.rule))
+    return profiles_matching(client_id=segment.client_id, condition=condition).count()
+
+
+def table_build(*, campaign_id: int) -> TableVersion:
+    """Build the campaign's next table version and publish it; on failure the old one serves."""
+    campaign = campaign_get(campaign_id=campaign_id)
+    with transaction.atomic():
+        # Serialises concurrent builds of one campaign so version numbers stay unique.
+        type(campaign).objects.select_for_update().filter(pk=campaign.pk).first()
+        number = (campaign.table_versions.aggregate(Max("number"))["number__max"] or 0) + 1
+        version = TableVersion.objects.create(
+            client_id=campaign.client_id, campaign=campaign, number=number
+        )
+    try:
+        assignments: dict[str, int] = {}
+        segment_counts: dict[str, int] = {}
+        contents = {}
+        if campaign.default_content is not None:
+            contents[campaign.default_content.pk] = content_answer(campaign.default_content)
+        for attachment in attachments_for_campaign(campaign_id=campaign.pk):
+            try:
+                condition = rule_compile(rule_validate(attachment.segment.rule))
+            except RuleError as error:
+                raise RuleError(
+                    [f"segment {attachment.segment}: {e}" for e in error.errors]
+                ) from None
+            visitor_ids = profiles_matching(
+                client_id=campaign.client_id, condition=condition
+            ).values_list("visitor_id", flat=True)
+            matched = 0
+            for visitor_id in visitor_ids.iterator(chunk_size=5000):
+                matched += 1
+                assignments.setdefault(visitor_id, attachment.content_id)
+            segment_counts[attachment.segment.name] = matched
+            contents[attachment.content_id] = content_answer(attachment.content)
+        table = {
+            "campaign_id": campaign.pk,
+            "version": number,
+            "contents": {str(ident): answer for ident, answer in contents.items()},
+            "visitors": assignments,
+        }
+        table_store(campaign_id=campaign.pk, version=number, table=table)
+        names = {ident: answer["name"] for ident, answer in contents.items() if answer}
+        with transaction.atomic():
+            # Manifests of one client are written one at a time, each from committed state,
+            # so two campaigns publishing at once cannot undo each other's switch.
+            Client.objects.select_for_update().filter(pk=campaign.client_id).first()
+            TableVersion.objects.filter(
+                campaign=campaign, status=TableVersion.Status.PUBLISHED
+            ).update(status=TableVersion.Status.SUPERSEDED)
+            version.status = TableVersion.Status.PUBLISHED
+            version.visitor_count = len(assignments)
+            version.segment_counts = segment_counts
+            version.content_counts = {
+                names[ident]: count for ident, count in Counter(assignments.values()).items()
+            }
+            version.finished_at = version.published_at = timezone.now()
+            version.save()
+            manifest_publish(client_id=campaign.client_id)
+    except Exception as error:
+        logger.exception("table build of campaign %s failed", campaign.pk)
+        version.status = TableVersion.Status.FAILED
+        version.error = f"{type(error).__name__}: {error}"
+        version.finished_at = timezone.now()
+        version.published_at = None
+        version.save(update_fields=["status", "error", "finished_at", "published_at"])
+        return version
+    _prune(campaign_id=campaign.pk)
+    return version
+
+
+def _prune(*, campaign_id: int) -> None:
+    """Drop stored tables beyond the newest TABLE_VERSIONS_KEPT (kept for rollback)."""
+    old = (
+        TableVersion.objects.filter(campaign_id=campaign_id)
+        .exclude(status=TableVersion.Status.PUBLISHED)
+        .order_by("-number")[settings.TABLE_VERSIONS_KEPT :]
+    )
+    for version in old:
+        table_discard(campaign_id=campaign_id, version=version.number)
+
+
+def tables_build(*, client_id: int | None = None) -> list[TableVersion]:
+    """Build every active campaign's table (of one client, or of all clients)."""
+    return [
+        table_build(campaign_id=campaign.pk) for campaign in campaigns_active(client_id=client_id)
+    ]
