@@ -9,6 +9,7 @@ from datetime import timedelta
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from aggregation.services import spool_consolidate
 from aggregation.spool import spool_append
@@ -170,3 +171,11 @@ def _record(client_id, visitor_id, session_id, kind, moment, fields) -> dict:
         "email": "",
         "properties": {},
     }
+
+
+def demo_schedule_set(*, seconds: int) -> None:
+    """Run consolidation every `seconds` (the demo's pace; production keeps its own)."""
+    interval, _ = IntervalSchedule.objects.get_or_create(
+        every=seconds, period=IntervalSchedule.SECONDS
+    )
+    PeriodicTask.objects.filter(task="aggregation.consolidate").update(interval=interval)

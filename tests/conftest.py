@@ -1,0 +1,27 @@
+import pytest
+
+from aggregation.spool import spool_writer_reset
+from delivery.tables import local_tables_reset
+
+
+@pytest.fixture(autouse=True)
+def isolated_storage(settings, tmp_path):
+    """Each test gets its own spool and table directories, an empty Redis and fresh caches."""
+    settings.SPOOL_DIR = tmp_path / "spool"
+    settings.TABLE_STORE_DIR = tmp_path / "tables"
+    settings.DELIVERY_REFRESH_SECONDS = 0
+    if settings.REDIS_URL:
+        import redis
+
+        redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    local_tables_reset()
+    spool_writer_reset()
+    yield
+    spool_writer_reset()
+    local_tables_reset()
+
+
+@pytest.fixture
+def on_commit(django_capture_on_commit_callbacks):
+    """Run the on_commit callbacks (task enqueues) the block registered."""
+    return lambda: django_capture_on_commit_callbacks(execute=True)
