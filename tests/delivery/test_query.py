@@ -1,25 +1,221 @@
+import json
+
 import pytest
 from django.urls import reverse
 
+from aggregation.spool import spool_seal_open
+from delivery.identity import visitor_id_is_valid, visitor_id_issue
+from delivery.services import manifest_publish
 from segmentation.services import table_build
-from tests.factories import AttachmentFactory, ProfileFactory
+from tests.factories import AttachmentFactory, CampaignFactory, ProfileFactory, SiteFactory
 
 pytestmark = pytest.mark.django_db
 
+QUERY = reverse("delivery:query")
 
-def test_query_answers_from_published_table_without_database(client, django_assert_num_queries):
-    attachment = AttachmentFactory()
+
+def _spooled(settings) -> list[dict]:
+    lines = []
+    for path in spool_seal_open():
+        lines += [json.loads(line) for line in path.read_text().splitlines()]
+    return lines
+
+
+@pytest.fixture
+def published():
+    """A campaign whose table sends buyers to the attachment's content."""
+    attachment = AttachmentFactory(segment__rule={"field": "purchases", "op": "gte", "value": 1})
+    buyer = ProfileFactory(client=attachment.client, purchases=2)
+    table_build(campaign_id=attachment.campaign_id)
+    return attachment, buyer
+
+
+def test_query_answers_from_published_table_without_database(
+    client, published, django_assert_num_queries
+):
+    attachment, buyer = published
     campaign = attachment.campaign
-    buyer = ProfileFactory(client=campaign.client, purchases=2)
-    table_build(campaign_id=campaign.pk)
-    url = reverse("delivery:query")
     params = {"k": campaign.client.public_key, "v": buyer.visitor_id, "p": campaign.placement.key}
 
     with django_assert_num_queries(0):
-        response = client.get(url, params)
+        response = client.get(QUERY, params)
 
     assert response.status_code == 200
+    data = response.json()
+    assert data["visitor"] == buyer.visitor_id
+    assert data["placements"] == [
+        {
+            "placement": campaign.placement.key,
+            "campaign": campaign.key,
+            "content": {
+                "id": attachment.content.pk,
+                "name": attachment.content.name,
+                "type": "image",
+                "url": attachment.content.url,
+                "click_url": attachment.content.click_url,
+                "html": "",
+                "alt": "",
+            },
+            "version": 1,
+            "source": "table",
+        }
+    ]
+
+
+def test_unknown_visitor_gets_default_content_and_answer_is_recorded(client, published, settings):
+    attachment, _ = published
+    campaign = attachment.campaign
+    visitor_id = visitor_id_issue()
+
+    response = client.get(
+        QUERY,
+        {
+            "k": campaign.client.public_key,
+            "v": visitor_id,
+            "p": f"{campaign.placement.key},nowhere",
+            "u": "https://shop.example/",
+        },
+    )
+
+    [answer, unknown] = response.json()["placements"]
+    assert (answer["source"], answer["content"]["id"]) == ("default", campaign.default_content_id)
+    assert unknown == {
+        "placement": "nowhere",
+        "campaign": None,
+        "content": None,
+        "version": None,
+        "source": "unknown-placement",
+    }
+    [record] = _spooled(settings)
+    assert {key: record[key] for key in ("type", "client", "visitor_id", "placement_key")} == {
+        "type": "delivery",
+        "client": campaign.client_id,
+        "visitor_id": visitor_id,
+        "placement_key": campaign.placement.key,
+    }
+    assert (record["content_id"], record["table_version"]) == (campaign.default_content_id, 1)
+    assert record["session_id"] == response.json()["session"]
+
+
+def test_campaign_without_table_answers_default_once_manifest_published(client):
+    campaign = CampaignFactory()
+    manifest_publish(client_id=campaign.client_id)
+
+    response = client.get(
+        QUERY,
+        {"k": campaign.client.public_key, "v": visitor_id_issue(), "p": campaign.placement.key},
+    )
+
     [answer] = response.json()["placements"]
-    assert answer["content"]["id"] == attachment.content_id
-    assert answer["source"] == "table"
-    assert answer["version"] == 1
+    assert (answer["source"], answer["version"]) == ("default", None)
+    assert answer["content"]["id"] == campaign.default_content_id
+
+
+def test_session_kept_while_fresh_and_renewed_when_idle(client, published):
+    attachment, buyer = published
+    params = {"k": attachment.client.public_key, "v": buyer.visitor_id}
+    first = client.get(QUERY, params).json()["session"]
+
+    kept = client.get(QUERY, {**params, "s": first, "i": "60"}).json()["session"]
+    renewed = client.get(QUERY, {**params, "s": first, "i": str(31 * 60)}).json()["session"]
+
+    assert kept == first
+    assert renewed != first
+
+
+def test_cors_allows_registered_origins_only(client, published):
+    attachment, buyer = published
+    SiteFactory(client=attachment.client, origin="https://portal.example")
+    manifest_publish(client_id=attachment.client_id)
+    params = {"k": attachment.client.public_key, "v": buyer.visitor_id}
+
+    allowed = client.get(QUERY, params, HTTP_ORIGIN="https://portal.example")
+    refused = client.get(QUERY, params, HTTP_ORIGIN="https://evil.example")
+
+    assert allowed["Access-Control-Allow-Origin"] == "https://portal.example"
+    assert "Access-Control-Allow-Origin" not in refused
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "error"),
+    [
+        ({}, 400, "k (the client key) is required"),
+        ({"k": "no such key!"}, 400, "k is not a client key"),
+        ({"k": "cm_unknownclient"}, 404, "unknown client key"),
+        ({"k": "KEY"}, 400, "v (the visitor id) is required; get one from /d/v1/visitor"),
+        ({"k": "KEY", "v": "guessed-id"}, 400, "v is not a visitor id issued by this server"),
+        (
+            {"k": "KEY", "v": "VID", "p": "a,<script>"},
+            400,
+            "p must be placement keys (letters, digits, - and _)",
+        ),
+        ({"k": "KEY", "v": "VID", "p": ",".join(f"p{n}" for n in range(21))}, 400,
+         "p names more than 20 placements"),
+        ({"k": "KEY", "v": "VID", "i": "soon"}, 400, "i (seconds idle) must be a number"),
+        ({"k": "KEY", "v": "VID", "i": "-5"}, 400, "i (seconds idle) must be a number"),
+        ({"k": "KEY", "v": "VID", "u": "x" * 2001}, 400, "u is longer than 2000 characters"),
+    ],
+)  # fmt: skip
+def test_bad_query_is_refused_with_reason_and_not_recorded(
+    client, published, settings, params, status, error
+):
+    attachment, buyer = published
+    replace = {"KEY": attachment.client.public_key, "VID": buyer.visitor_id}
+    params = {name: replace.get(value, value) for name, value in params.items()}
+
+    response = client.get(QUERY, params)
+
+    assert (response.status_code, response.json()) == (status, {"error": error})
+    assert _spooled(settings) == []
+
+
+def test_query_rejects_post(client, published):
+    attachment, buyer = published
+
+    response = client.post(f"{QUERY}?k={attachment.client.public_key}&v={buyer.visitor_id}")
+
+    assert response.status_code == 405
+
+
+def test_deactivated_client_serves_no_campaigns(client, published):
+    attachment, buyer = published
+    attachment.client.is_active = False
+    attachment.client.save(update_fields=["is_active"])
+    manifest_publish(client_id=attachment.client_id)
+
+    response = client.get(
+        QUERY,
+        {
+            "k": attachment.client.public_key,
+            "v": buyer.visitor_id,
+            "p": attachment.campaign.placement.key,
+        },
+    )
+
+    [answer] = response.json()["placements"]
+    assert (answer["source"], answer["content"]) == ("unknown-placement", None)
+
+
+def test_visitor_endpoint_issues_valid_unique_ids(client):
+    campaign = CampaignFactory()
+    manifest_publish(client_id=campaign.client_id)
+    url = reverse("delivery:visitor-issue") + f"?k={campaign.client.public_key}"
+
+    answers = [client.post(url).json() for _ in range(3)]
+
+    assert len({answer["visitor"] for answer in answers}) == 3
+    assert all(visitor_id_is_valid(answer["visitor"]) for answer in answers)
+    assert client.post(reverse("delivery:visitor-issue") + "?k=cm_nobody").status_code == 404
+
+
+def test_tag_is_served_per_client_with_its_key(client):
+    campaign = CampaignFactory()
+    manifest_publish(client_id=campaign.client_id)
+
+    response = client.get(reverse("delivery:tag", args=[campaign.client.public_key]))
+    unknown = client.get(reverse("delivery:tag", args=["cm_nobody"]))
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/javascript; charset=utf-8"
+    assert f'"key": "{campaign.client.public_key}"' in response.content.decode()
+    assert unknown.status_code == 404

@@ -1,0 +1,209 @@
+import gzip
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from django.conf import settings as django_settings
+
+from aggregation import services
+from aggregation.models import ConsolidationRun, Event, Profile
+from aggregation.records import delivery_record
+from aggregation.services import spool_consolidate
+from aggregation.spool import spool_append, spool_paths
+from aggregation.tasks import consolidate
+from delivery.identity import visitor_id_issue
+from delivery.models import Visitor
+from tests.factories import ClientFactory
+
+pytestmark = pytest.mark.django_db
+
+START = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+
+
+def _record(client_id, visitor_id, kind, minutes, **fields) -> dict:
+    at = (START + timedelta(minutes=minutes)).isoformat()
+    record = delivery_record(
+        client_id=client_id,
+        visitor_id=visitor_id,
+        session_id="6b000000.0123456789ab",
+        placement_key="",
+        campaign_key="",
+        content_id=None,
+        table_version=None,
+        url="https://shop.example/",
+        referrer="",
+        at=START,
+    )
+    return {**record, "type": kind, "occurred_at": at, "received_at": at, **fields}
+
+
+@pytest.fixture
+def shopper():
+    client = ClientFactory()
+    visitor_id = visitor_id_issue()
+    records = [
+        _record(client.pk, visitor_id, "page_view", 0),
+        _record(client.pk, visitor_id, "product_view", 1, product_id="driver"),
+        _record(client.pk, visitor_id, "cart_add", 2, product_id="driver", value="349.00"),
+        _record(
+            client.pk, visitor_id, "purchase", 3, order_id="A1", value="349.00", email="a@b.example"
+        ),
+    ]
+    return client, visitor_id, records
+
+
+def _profile(client, visitor_id) -> dict:
+    return (
+        Profile.objects.filter(client=client, visitor_id=visitor_id)
+        .values(
+            "visits",
+            "page_views",
+            "product_views",
+            "cart_adds",
+            "purchases",
+            "total_spent",
+            "email",
+        )
+        .get()
+    )
+
+
+EXPECTED_PROFILE = {
+    "visits": 1,
+    "page_views": 1,
+    "product_views": 1,
+    "cart_adds": 1,
+    "purchases": 1,
+    "total_spent": pytest.approx(349),
+    "email": "a@b.example",
+}
+
+
+def test_consolidation_loads_archives_and_builds_profiles(shopper):
+    client, visitor_id, records = shopper
+    spool_append(records)
+
+    run = spool_consolidate()
+
+    assert (run.status, run.files, run.lines, run.loaded, run.duplicates, run.bad_lines) == (
+        "done", 1, 4, 4, 0, 0,
+    )  # fmt: skip
+    assert Event.objects.filter(client=client).count() == 4
+    assert _profile(client, visitor_id) == EXPECTED_PROFILE
+    visitor = Visitor.objects.get(client=client, visitor_id=visitor_id)
+    assert (visitor.first_seen_at, visitor.last_seen_at) == (START, START + timedelta(minutes=3))
+    paths = spool_paths()
+    assert list(paths["closed"].iterdir()) == []
+    [archive] = paths["archive"].glob("*.jsonl.gz")
+    archived = [json.loads(line) for line in gzip.decompress(archive.read_bytes()).splitlines()]
+    assert [record["event_id"] for record in archived] == [r["event_id"] for r in records]
+
+
+def test_running_again_on_the_same_file_changes_nothing(shopper):
+    client, visitor_id, records = shopper
+    spool_append(records)
+    spool_consolidate()
+    paths = spool_paths()
+    [archive] = paths["archive"].glob("*.jsonl.gz")
+    (paths["closed"] / "again.jsonl").write_bytes(gzip.decompress(archive.read_bytes()))
+
+    run = spool_consolidate()
+
+    assert (run.loaded, run.duplicates) == (0, 4)
+    assert Event.objects.filter(client=client).count() == 4
+    assert _profile(client, visitor_id) == EXPECTED_PROFILE
+
+
+def test_same_event_twice_in_one_file_loads_once(shopper):
+    client, _visitor_id, records = shopper
+    spool_append(records + records[:2])
+
+    run = spool_consolidate()
+
+    assert (run.lines, run.loaded, run.duplicates) == (6, 4, 2)
+    assert Event.objects.filter(client=client).count() == 4
+
+
+def test_bad_lines_go_to_dead_letter_with_reason(shopper):
+    client, _visitor_id, records = shopper
+    spool_append(records[:2])
+    closed = spool_paths()["closed"]
+    spool_consolidate()  # loads the good file
+    (closed / "mixed.jsonl").write_bytes(
+        b"{not json\n"
+        + json.dumps({**records[2], "type": "teleport"}).encode()
+        + b"\n"
+        + json.dumps({**records[3], "client": 999999}).encode()
+        + b"\n"
+        + json.dumps(records[2]).encode()
+        + b"\n"
+    )
+
+    run = spool_consolidate()
+
+    assert (run.lines, run.loaded, run.bad_lines) == (4, 1, 3)
+    dead = (spool_paths()["dead"] / "mixed.jsonl.dead").read_text().splitlines()
+    assert [line.split("\t")[0] for line in dead] == [
+        "line 1: not JSON",
+        "line 2: unknown type 'teleport'",
+        "line 0: unknown client 999999",
+    ]
+    assert Event.objects.filter(client=client).count() == 3
+
+
+def test_failure_mid_load_writes_nothing_and_next_run_loads_once(shopper, monkeypatch):
+    client, visitor_id, records = shopper
+    spool_append(records)
+
+    def crash(**kwargs):
+        raise RuntimeError("worker killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(services, "profiles_rebuild", crash)
+        failed = spool_consolidate()
+
+    assert (failed.status, failed.error) == ("failed", "RuntimeError: worker killed")
+    assert Event.objects.count() == 0
+    assert len(list(spool_paths()["closed"].glob("*.jsonl"))) == 1
+    again = spool_consolidate()
+    assert (again.status, again.loaded) == ("done", 4)
+    assert _profile(client, visitor_id) == EXPECTED_PROFILE
+
+
+def test_consolidate_task_queues_table_rebuild_only_when_new_data(shopper, on_commit):
+    _, _, records = shopper
+    queue = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
+    spool_append(records)
+
+    with on_commit():
+        result = consolidate()
+    with on_commit():
+        nothing_new = consolidate()
+
+    assert (result["loaded"], nothing_new["loaded"]) == (4, 0)
+    messages = [json.loads(raw) for raw in queue.lrange("celery", 0, -1)]
+    assert [message["headers"]["task"] for message in messages] == ["segmentation.build_tables"]
+    assert ConsolidationRun.objects.count() == 2
+
+
+def test_abandoned_cart_counted_once_session_went_idle(shopper):
+    client, _visitor_id, _records = shopper
+    other = visitor_id_issue()
+    recent = datetime.now(UTC) - timedelta(minutes=40)
+    spool_append(
+        [
+            {
+                **_record(client.pk, other, "cart_add", 0, value="10.00"),
+                "occurred_at": recent.isoformat(),
+                "received_at": recent.isoformat(),
+                "event_id": str(uuid.uuid4()),
+            }
+        ]
+    )
+
+    spool_consolidate()
+
+    profile = Profile.objects.get(client=client, visitor_id=other)
+    assert (profile.cart_adds, profile.cart_abandonments, profile.purchases) == (1, 1, 0)

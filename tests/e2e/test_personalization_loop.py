@@ -1,0 +1,77 @@
+"""The patent's whole loop in a real browser: tag -> delivery -> spool -> consolidation ->
+profiles -> segments -> table build -> the next answer is personalized."""
+
+import time
+
+import pytest
+
+from aggregation.models import Event, Profile
+from aggregation.services import spool_consolidate
+from coremetrics.demo_data import demo_client_seed, demo_history_seed
+from segmentation.services import tables_build
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+BANNER = "[data-cm-placement='home-banner']"
+
+
+def _banner(page) -> tuple[str, str]:
+    page.wait_for_selector("html[data-cm-ready='1']", timeout=10_000)
+    element = page.locator(BANNER)
+    return element.get_attribute("data-cm-source"), element.locator("img").get_attribute("src")
+
+
+def _consolidate_until(predicate, timeout: float = 15.0) -> None:
+    """Beacons arrive on their own time: consolidate until the expected events are in."""
+    deadline = time.monotonic() + timeout
+    while True:
+        spool_consolidate()
+        if predicate() or time.monotonic() > deadline:
+            return
+        time.sleep(0.3)
+
+
+def test_buyer_sees_buyers_banner_after_consolidation_and_build(live_server, page, screenshot):
+    # Given the demo shop with a short synthetic past and its tables built
+    client = demo_client_seed(base_url=live_server.url)
+    demo_history_seed(client=client, visitors=40)
+    tables_build(client_id=client.pk)
+    shop = f"{live_server.url}/demo/shop/"
+
+    # When a new visitor opens the shop, they see the default banner
+    page.goto(shop)
+    assert _banner(page) == ("default", f"{live_server.url}/static/demo/banners/default.svg")
+    visitor_id = next(c["value"] for c in page.context.cookies() if c["name"] == "_cmv")
+    screenshot("loop-1-new-visitor-default-banner")
+
+    # and views products, adds one to the cart and buys it
+    page.click("#product-driver-x1")
+    page.wait_for_selector("html[data-cm-ready='1']")
+    page.click("#add-to-cart")
+    page.wait_for_url("**/demo/shop/cart/")
+    page.wait_for_selector("html[data-cm-ready='1']")
+    page.click("#buy")
+    page.wait_for_url("**/demo/shop/thanks/")
+    page.wait_for_selector("html[data-cm-ready='1']")
+
+    def all_loaded():
+        events = Event.objects.filter(visitor_id=visitor_id)
+        return events.filter(type="purchase").exists() and (
+            events.filter(type="page_view").count() == 4
+        )
+
+    _consolidate_until(all_loaded)
+    tables_build(client_id=client.pk)
+
+    # Then the profile holds what they did
+    profile = Profile.objects.get(client=client, visitor_id=visitor_id)
+    assert (profile.purchases, str(profile.total_spent)) == (1, "349.00")
+    assert (profile.product_views, profile.cart_adds, profile.page_views) == (1, 1, 4)
+    kinds = set(Event.objects.filter(visitor_id=visitor_id).values_list("type", flat=True))
+    assert kinds == {"delivery", "page_view", "product_view", "cart_add", "purchase"}
+
+    # and on the next page view the same browser gets the "bought at least once" banner
+    page.goto(shop)
+    assert _banner(page) == ("table", f"{live_server.url}/static/demo/banners/buyer.svg")
+    assert page.locator(f"{BANNER} a").get_attribute("href") == shop
+    screenshot("loop-2-buyer-banner")
