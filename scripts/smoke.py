@@ -1,0 +1,100 @@
+"""Drive a running embedded-default stack through the loop over HTTP (used by smoke.sh).
+
+A visitor gets the default banner, sends a purchase; the beat-scheduled consolidation, the
+table rebuild it triggers and the file-backed table store must then give them the buyers'
+banner, all without PostgreSQL or Redis.
+"""
+
+import json
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+BASE = sys.argv[1]
+DEFAULT = "Banner: spring season (default)"
+BUYER = "Banner: thanks, 15% off"
+
+
+def request(path: str, data: bytes | None = None, method: str | None = None):
+    req = urllib.request.Request(BASE + path, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "text/plain")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def check(condition: bool, message: str) -> None:
+    print(("ok   " if condition else "FAIL ") + message, flush=True)
+    if not condition:
+        sys.exit(1)
+
+
+def wait_until(probe, seconds: float, step: float = 1.0):
+    deadline = time.monotonic() + seconds
+    while True:
+        result = probe()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(step)
+
+
+def main() -> None:
+    up = wait_until(lambda: _status("/demo/shop/") == 200, 180, 0.5)
+    check(up, "the stack answers on /demo/shop/")
+    status, page = request("/demo/shop/")
+    match = re.search(rb"/t/v1/([A-Za-z0-9_-]+)\.js", page)
+    check(status == 200 and match is not None, "the demo shop embeds the tag snippet")
+    key = match.group(1).decode()
+    status, tag = request(f"/t/v1/{key}.js")
+    check(status == 200 and b"__cmConfig" in tag, "the tag is served for the demo client")
+
+    status, body = request(f"/d/v1/visitor?k={key}", data=b"", method="POST")
+    identity = json.loads(body)
+    check(status == 200, "a visitor id is issued")
+    query = f"/d/v1/query?k={key}&v={identity['visitor']}&s={identity['session']}&p=home-banner"
+    check(_banner(query) == ("default", DEFAULT), "a new visitor gets the default banner")
+
+    now = int(time.time() * 1000)
+    events = [
+        {"id": str(uuid.uuid4()), "type": "page_view", "at": now},
+        {"id": str(uuid.uuid4()), "type": "cart_add", "at": now, "product_id": "driver-x1"},
+        {"id": str(uuid.uuid4()), "type": "purchase", "at": now, "order_id": "S1", "value": 349},
+    ]
+    batch = {**identity, "sent_at": now, "events": events}
+    status, body = request(f"/c/v1/collect?k={key}", data=json.dumps(batch).encode())
+    check(status == 202, f"the purchase is collected ({status} {body.decode()})")
+    status, body = request(f"/c/v1/collect?k={key}", data=b"{not json")
+    check(status == 400, "a malformed batch is refused with 400")
+
+    personalized = wait_until(lambda: _banner(query) == ("table", BUYER), 150, 2.0)
+    check(
+        bool(personalized),
+        "beat consolidated, the worker rebuilt the table, the buyer gets the buyers' banner",
+    )
+    status, _ = request("/admin/login/")
+    check(status == 200, "the console login page answers")
+
+
+def _status(path: str) -> int:
+    try:
+        return request(path)[0]
+    except OSError:
+        return 0
+
+
+def _banner(query: str) -> tuple[str, str] | None:
+    status, body = request(query)
+    if status != 200:
+        return None
+    [answer] = json.loads(body)["placements"]
+    return answer["source"], answer["content"]["name"]
+
+
+if __name__ == "__main__":
+    main()
