@@ -55,10 +55,17 @@ class TenantForm(forms.ModelForm):
         )
         if client is None:
             return cleaned
-        for name, value in cleaned.items():
-            is_tenant_row = isinstance(value, models.Model) and _has_client(type(value))
-            if is_tenant_row and value.client_id != client.pk:
-                self.add_error(name, "Choose one of this client's own rows.")
+        foreign = [
+            name
+            for name, value in cleaned.items()
+            # A row without a client yet is the unsaved parent of an inline: it takes ours.
+            if isinstance(value, models.Model)
+            and _has_client(type(value))
+            and value.client_id is not None
+            and value.client_id != client.pk
+        ]
+        for name in foreign:
+            self.add_error(name, "Choose one of this client's own rows.")
         return cleaned
 
 
@@ -83,6 +90,22 @@ class TenantScoped:
             elif _has_client(related):
                 kwargs["queryset"] = related._default_manager.filter(client=client)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_list_filter(self, request):
+        # Django's related filter offers every row of the related model; offer only those
+        # that the visible rows point at.
+        return [
+            (name, admin.RelatedOnlyFieldListFilter)
+            if isinstance(name, str) and self._is_relation(name)
+            else name
+            for name in super().get_list_filter(request)
+        ]
+
+    def _is_relation(self, name: str) -> bool:
+        try:
+            return self.model._meta.get_field(name).is_relation
+        except Exception:
+            return False
 
     def get_exclude(self, request, obj=None):
         exclude = list(super().get_exclude(request, obj) or [])
@@ -115,6 +138,8 @@ class TenantScoped:
 
 class TenantAdmin(TenantScoped, admin.ModelAdmin):
     form = TenantForm
+    # Django 6's default: an address typed without a scheme means https.
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         form = super().get_form(request, obj, change, **kwargs)

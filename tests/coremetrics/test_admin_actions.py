@@ -1,0 +1,210 @@
+"""The console's "run now" paths put real Celery messages on the Redis broker."""
+
+import json
+
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.messages import get_messages
+from django.urls import reverse
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+from coremetrics.celery import app as celery_app
+from coremetrics.models import Membership
+from tests.factories import CampaignFactory, ClientFactory, MembershipFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+QUEUE = "celery"  # kombu's Redis transport keeps the default queue in a list of this name
+
+
+def queued() -> list[tuple[str, str]]:
+    """(task name, args repr) of every message waiting in the default queue, oldest first."""
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    raw_messages = reversed(broker.lrange(QUEUE, 0, -1))  # LPUSH: newest at the head
+    headers = [json.loads(raw)["headers"] for raw in raw_messages]
+    return [(header["task"], header["argsrepr"]) for header in headers]
+
+
+def messages_of(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+def login(client, user) -> None:
+    client.force_login(user)
+
+
+@pytest.fixture
+def client_a():
+    return ClientFactory(name="Alpha Shop")
+
+
+@pytest.fixture
+def client_b():
+    return ClientFactory(name="Bravo Shop")
+
+
+@pytest.fixture
+def marketer(client, client_a):
+    membership = MembershipFactory(client=client_a, role=Membership.Role.MARKETER)
+    login(client, membership.user)
+    return membership.user
+
+
+@pytest.fixture
+def superuser(client):
+    user = UserFactory(is_superuser=True)
+    login(client, user)
+    return user
+
+
+def test_celery_app_uses_the_brokers_from_django_settings():
+    assert settings.CELERY_BROKER_URL == settings.REDIS_URL
+    assert celery_app.conf.broker_url == settings.CELERY_BROKER_URL
+    assert queued() == []
+
+
+def test_build_tables_now_queues_one_build_per_selected_campaign(
+    client, client_a, marketer, django_capture_on_commit_callbacks
+):
+    first, second = CampaignFactory(client=client_a), CampaignFactory(client=client_a)
+    CampaignFactory(client=client_a)  # not selected
+    data = {
+        "action": "build_tables_now",
+        "index": "0",
+        "_selected_action": [str(first.pk), str(second.pk)],
+    }
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = client.post(reverse("admin:campaigns_campaign_changelist"), data)
+        assert queued() == []  # nothing leaves before the transaction commits
+
+    assert response.status_code == 302
+    assert messages_of(response) == ["Queued table builds for 2 campaign(s); see Table versions."]
+    assert len(callbacks) == 2
+    assert sorted(queued()) == sorted(
+        [
+            ("segmentation.build_table", f"({first.pk},)"),
+            ("segmentation.build_table", f"({second.pk},)"),
+        ]
+    )
+
+
+def test_build_tables_now_ignores_other_clients_campaigns(
+    client, client_a, client_b, marketer, django_capture_on_commit_callbacks
+):
+    foreign = CampaignFactory(client=client_b)
+    data = {"action": "build_tables_now", "index": "0", "_selected_action": [str(foreign.pk)]}
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = client.post(reverse("admin:campaigns_campaign_changelist"), data)
+
+    assert response.status_code == 302
+    # The admin filters the selection through the scoped queryset and runs the action on none.
+    assert messages_of(response) == ["Queued table builds for 0 campaign(s); see Table versions."]
+    assert callbacks == []
+    assert queued() == []
+
+
+def test_build_tables_now_with_own_and_foreign_campaign_queues_only_own(
+    client, client_a, client_b, marketer, django_capture_on_commit_callbacks
+):
+    own = CampaignFactory(client=client_a)
+    foreign = CampaignFactory(client=client_b)
+    data = {
+        "action": "build_tables_now",
+        "index": "0",
+        "_selected_action": [str(own.pk), str(foreign.pk)],
+    }
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("admin:campaigns_campaign_changelist"), data)
+
+    assert queued() == [("segmentation.build_table", f"({own.pk},)")]
+
+
+def test_superuser_consolidate_now_queues_one_consolidation(
+    client, superuser, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = client.post(reverse("admin:aggregation-consolidate-now"))
+
+    assert response.status_code == 302
+    assert response["Location"] == reverse("admin:aggregation_consolidationrun_changelist")
+    assert messages_of(response) == ["Consolidation queued."]
+    assert len(callbacks) == 1
+    assert queued() == [("aggregation.consolidate", "()")]
+
+
+def test_consolidate_now_button_is_on_the_runs_page(client, superuser):
+    response = client.get(reverse("admin:aggregation_consolidationrun_changelist"))
+
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert f'action="{reverse("admin:aggregation-consolidate-now")}"' in page
+    assert page.count('id="consolidate-now"') == 1
+
+
+def test_consolidate_now_by_get_queues_nothing(
+    client, superuser, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = client.get(reverse("admin:aggregation-consolidate-now"))
+
+    assert response.status_code == 302
+    assert callbacks == []
+    assert queued() == []
+
+
+def test_marketer_consolidate_now_queues_nothing(
+    client, marketer, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = client.post(reverse("admin:aggregation-consolidate-now"))
+
+    assert response.status_code == 302
+    assert response["Location"] == reverse("admin:aggregation_consolidationrun_changelist")
+    assert messages_of(response) == []
+    assert callbacks == []
+    assert queued() == []
+
+
+def test_beat_admin_lists_the_seeded_schedule(client, superuser):
+    response = client.get(reverse("admin:django_celery_beat_periodictask_changelist"))
+
+    assert response.status_code == 200
+    assert sorted(
+        (task.name, task.task, task.interval.every, task.interval.period, task.enabled)
+        for task in response.context["cl"].result_list
+    ) == [
+        ("Consolidate the spool", "aggregation.consolidate", 5, "minutes", True),
+        ("Rebuild the lookup tables", "segmentation.build_tables", 6, "hours", True),
+    ]
+
+
+@pytest.mark.parametrize("name", ["Consolidate the spool", "Rebuild the lookup tables"])
+def test_superuser_changes_a_schedules_interval(client, superuser, name):
+    task = PeriodicTask.objects.get(name=name)
+    # django-celery-beat has no factory here; one new interval for the form to pick.
+    every_ten_minutes = IntervalSchedule.objects.create(every=10, period=IntervalSchedule.MINUTES)
+    url = reverse("admin:django_celery_beat_periodictask_change", args=[task.pk])
+    form = client.get(url).context["adminform"].form
+    data = {}
+    for field_name in form.fields:
+        value = form[field_name].value()
+        if value is None or value is False:
+            continue
+        data[field_name] = "on" if value is True else value
+    data["interval"] = str(every_ten_minutes.pk)
+
+    response = client.post(url, data)
+
+    assert response.status_code == 302
+    task.refresh_from_db()
+    assert (task.name, task.interval_id, task.enabled) == (name, every_ten_minutes.pk, True)
+
+
+def test_marketer_cannot_open_the_beat_schedule(client, marketer):
+    response = client.get(reverse("admin:django_celery_beat_periodictask_changelist"))
+
+    assert response.status_code == 403
