@@ -10,6 +10,7 @@ Pure functions, no ORM. The collect batch (docs/aggregation.md):
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -50,7 +51,20 @@ def _text(event: dict, name: str, limit: int) -> str:
         raise RecordError(f"{name} must be a string")
     if len(value) > limit:
         raise RecordError(f"{name} is longer than {limit} characters")
+    if not _is_storable(value):
+        raise RecordError(f"{name} holds characters that cannot be stored")
     return value
+
+
+def _is_storable(text: str) -> bool:
+    """False for NUL (PostgreSQL refuses it) and lone surrogates (not encodable as UTF-8)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _value(raw: Any) -> str | None:
@@ -75,6 +89,10 @@ def _properties(raw: Any) -> dict:
     for key, item in raw.items():
         if not isinstance(item, (str, int, float, bool)) and item is not None:
             raise RecordError(f"properties.{key} must be a string, number or boolean")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise RecordError(f"properties.{key} must be a finite number")
+        if not _is_storable(key) or (isinstance(item, str) and not _is_storable(item)):
+            raise RecordError(f"properties.{key} holds characters that cannot be stored")
     if len(json.dumps(raw)) > MAX_PROPERTIES_BYTES:
         raise RecordError(f"properties are larger than {MAX_PROPERTIES_BYTES} bytes")
     return raw
@@ -82,6 +100,8 @@ def _properties(raw: Any) -> dict:
 
 def _timestamp_ms(raw: Any, name: str) -> float:
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise RecordError(f"{name} must be milliseconds since the epoch")
+    if not math.isfinite(raw):
         raise RecordError(f"{name} must be milliseconds since the epoch")
     return float(raw)
 
@@ -107,9 +127,10 @@ def event_from_tag(
         raise RecordError(f"type must be one of {', '.join(TRACKED_TYPES)}")
     at_ms = _timestamp_ms(event.get("at"), "at")
     # The tag's clock may be wrong; the gap between the event and the send is not.
-    occurred_at = received_at - timedelta(milliseconds=max(0.0, sent_at_ms - at_ms))
-    if received_at - occurred_at > MAX_EVENT_AGE:
+    gap_ms = max(0.0, sent_at_ms - at_ms)
+    if gap_ms > MAX_EVENT_AGE.total_seconds() * 1000:
         raise RecordError("at is more than 7 days before sent_at")
+    occurred_at = received_at - timedelta(milliseconds=gap_ms)
     email = _text(event, "email", TEXT_LIMITS["email"]).strip()
     if email:
         try:
@@ -191,6 +212,8 @@ def record_parse(line: bytes) -> dict:
     if not isinstance(record, dict):
         raise RecordError("not an object")
     try:
+        if not isinstance(record["event_id"], str):
+            raise RecordError("event_id must be a string")
         record["event_id"] = str(uuid.UUID(record["event_id"]))
         if record["type"] not in RECORD_TYPES:
             raise RecordError(f"unknown type {record['type']!r}")
@@ -204,6 +227,8 @@ def record_parse(line: bytes) -> dict:
         for name, limit in TEXT_LIMITS.items():
             if not isinstance(record[name], str) or len(record[name]) > limit:
                 raise RecordError(f"{name} must be a string of at most {limit} characters")
+            if not _is_storable(record[name]):
+                raise RecordError(f"{name} holds characters that cannot be stored")
         if not record["visitor_id"]:
             raise RecordError("visitor_id is empty")
         for name in ("content_id", "table_version"):
@@ -212,6 +237,9 @@ def record_parse(line: bytes) -> dict:
         record["value"] = None if record["value"] is None else Decimal(record["value"])
         if not isinstance(record["properties"], dict):
             raise RecordError("properties must be an object")
+        # json.dumps escapes NUL as \u0000, which PostgreSQL's jsonb refuses.
+        if "\\u0000" in json.dumps(record["properties"], allow_nan=False):
+            raise RecordError("properties hold characters that cannot be stored")
     except KeyError as error:
         raise RecordError(f"missing field {error.args[0]}") from None
     except (TypeError, ValueError, InvalidOperation) as error:

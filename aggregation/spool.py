@@ -57,11 +57,14 @@ class SpoolWriter:
             if self._fd is None or self._is_due():
                 self._rotate()
             assert self._fd is not None
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            if not self._is_still_open():
+            # A sealer may take (or delete, when still empty) even the file just opened, so
+            # check again after every reopen until we hold the lock on a file still in open/.
+            while True:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                if self._is_still_open():
+                    break
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
                 self._open()
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 written = os.write(self._fd, data)
                 if written != len(data):

@@ -45,8 +45,8 @@ def collect(request: HttpRequest) -> HttpResponse:
     if len(body) > limit:
         return _reply(request, 413, {"error": f"body is larger than {limit} bytes"})
     try:
-        batch = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        batch = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return _reply(request, 400, {"error": "body is not JSON"})
     errors = _batch_errors(batch)
     if errors:
@@ -68,6 +68,11 @@ def collect(request: HttpRequest) -> HttpResponse:
     return _reply(request, 202, {"accepted": accepted})
 
 
+def _refuse_constant(name: str) -> float:
+    # NaN and Infinity are not JSON, though Python's parser takes them by default.
+    raise ValueError(f"{name} is not JSON")
+
+
 def _batch_errors(batch: object) -> list[str]:
     if not isinstance(batch, dict):
         return ["body must be a JSON object"]
@@ -76,7 +81,7 @@ def _batch_errors(batch: object) -> list[str]:
     if not isinstance(visitor_id, str) or not visitor_id_is_valid(visitor_id):
         errors.append("visitor must be a visitor id issued by this server")
     session_id = batch.get("session")
-    if not isinstance(session_id, str) or not SESSION_ID_RE.match(session_id):
+    if not isinstance(session_id, str) or not SESSION_ID_RE.fullmatch(session_id):
         errors.append("session must be a session id issued by this server")
     sent_at = batch.get("sent_at")
     if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):

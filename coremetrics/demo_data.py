@@ -75,6 +75,19 @@ def demo_client_seed(*, base_url: str) -> Client:
             segment=segment,
             defaults={"client": client, "content": banner(name, file), "priority": priority},
         )
+    offer_placement, _ = Placement.objects.update_or_create(
+        client=client, key="side-offer", defaults={"name": "Product page offer"}
+    )
+    offer, _ = Content.objects.update_or_create(
+        client=client,
+        name="Script: free tees offer",
+        defaults={"type": Content.Type.SCRIPT, "url": f"{base}/static/demo/offer.js"},
+    )
+    Campaign.objects.update_or_create(
+        client=client,
+        key="tee-offer",
+        defaults={"name": "Tee offer", "placement": offer_placement, "default_content": offer},
+    )
     _users_seed(client)
     _other_client_seed(base)
     return client

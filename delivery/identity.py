@@ -16,8 +16,8 @@ import secrets
 from django.conf import settings
 from django.utils.crypto import constant_time_compare, salted_hmac
 
-VISITOR_ID_RE = re.compile(r"^[A-Za-z0-9_-]{20}\.[0-9a-f]{10}$")
-SESSION_ID_RE = re.compile(r"^[0-9a-f]{8,12}\.[0-9a-f]{12}$")
+VISITOR_ID_RE = re.compile(r"[A-Za-z0-9_-]{20}\.[0-9a-f]{10}")
+SESSION_ID_RE = re.compile(r"[0-9a-f]{8,12}\.[0-9a-f]{12}")
 
 
 def _visitor_mac(token: str) -> str:
@@ -30,7 +30,7 @@ def visitor_id_issue() -> str:
 
 
 def visitor_id_is_valid(visitor_id: str) -> bool:
-    if not VISITOR_ID_RE.match(visitor_id):
+    if not VISITOR_ID_RE.fullmatch(visitor_id):
         return False
     token, mac = visitor_id.split(".")
     return constant_time_compare(mac, _visitor_mac(token))
@@ -42,6 +42,8 @@ def ip_truncate(ip: str) -> str:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return ""
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
     prefix = 24 if address.version == 4 else 48
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
 
@@ -54,7 +56,7 @@ def session_id_issue(*, client_key: str, visitor_id: str, ip: str, now: float) -
 
 def session_is_current(session_id: str, *, idle_seconds: float | None, now: float) -> bool:
     """True while the session is younger than SESSION_MAX_HOURS and not idle too long."""
-    if not SESSION_ID_RE.match(session_id):
+    if not SESSION_ID_RE.fullmatch(session_id):
         return False
     started = int(session_id.split(".")[0], 16)
     if not 0 <= now - started < settings.SESSION_MAX_HOURS * 3600:

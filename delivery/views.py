@@ -29,8 +29,8 @@ from delivery.tables import ClientView, local_tables
 
 logger = logging.getLogger(__name__)
 
-KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
-PLACEMENT_RE = re.compile(r"^[A-Za-z0-9_-]{1,60}$")
+KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
+PLACEMENT_RE = re.compile(r"[A-Za-z0-9_-]{1,60}")
 MAX_PLACEMENTS = 20
 MAX_URL = 2000
 
@@ -63,7 +63,7 @@ def client_view_get(request: HttpRequest) -> ClientView:
     key = request.GET.get("k", "")
     if not key:
         raise QueryError(400, "k (the client key) is required")
-    if not KEY_RE.match(key):
+    if not KEY_RE.fullmatch(key):
         raise QueryError(400, "k is not a client key")
     view = local_tables().client(key)
     if view is None:
@@ -91,7 +91,7 @@ def query(request: HttpRequest) -> HttpResponse:
         keys = [key for key in request.GET.get("p", "").split(",") if key]
         if len(keys) > MAX_PLACEMENTS:
             raise QueryError(400, f"p names more than {MAX_PLACEMENTS} placements")
-        if any(not PLACEMENT_RE.match(key) for key in keys):
+        if any(not PLACEMENT_RE.fullmatch(key) for key in keys):
             raise QueryError(400, "p must be placement keys (letters, digits, - and _)")
         idle = request.GET.get("i")
         try:
@@ -175,7 +175,7 @@ def _tag_source() -> str:
 @require_GET
 def tag(request: HttpRequest, public_key: str) -> HttpResponse:
     """The tag, configured for one client (T1)."""
-    if not KEY_RE.match(public_key) or local_tables().client(public_key) is None:
+    if not KEY_RE.fullmatch(public_key) or local_tables().client(public_key) is None:
         return HttpResponse(
             "/* coremetrics: unknown client key */", status=404, content_type="text/javascript"
         )

@@ -10,12 +10,15 @@ from django.urls import reverse
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from coremetrics.celery import app as celery_app
-from coremetrics.models import Membership
-from tests.factories import CampaignFactory, ClientFactory, MembershipFactory, UserFactory
+from tests.factories import CampaignFactory
 
 pytestmark = pytest.mark.django_db
 
 QUEUE = "celery"  # kombu's Redis transport keeps the default queue in a list of this name
+
+
+def messages_of(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
 
 
 def queued() -> list[tuple[str, str]]:
@@ -24,38 +27,6 @@ def queued() -> list[tuple[str, str]]:
     raw_messages = reversed(broker.lrange(QUEUE, 0, -1))  # LPUSH: newest at the head
     headers = [json.loads(raw)["headers"] for raw in raw_messages]
     return [(header["task"], header["argsrepr"]) for header in headers]
-
-
-def messages_of(response) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]
-
-
-def login(client, user) -> None:
-    client.force_login(user)
-
-
-@pytest.fixture
-def client_a():
-    return ClientFactory(name="Alpha Shop")
-
-
-@pytest.fixture
-def client_b():
-    return ClientFactory(name="Bravo Shop")
-
-
-@pytest.fixture
-def marketer(client, client_a):
-    membership = MembershipFactory(client=client_a, role=Membership.Role.MARKETER)
-    login(client, membership.user)
-    return membership.user
-
-
-@pytest.fixture
-def superuser(client):
-    user = UserFactory(is_superuser=True)
-    login(client, user)
-    return user
 
 
 def test_celery_app_uses_the_brokers_from_django_settings():

@@ -11,21 +11,18 @@ from django.urls import reverse
 
 from aggregation.models import ConsolidationRun, Event, Profile
 from campaigns.models import Attachment, Campaign, Content, Placement
-from coremetrics.models import Client, Membership
+from coremetrics.models import Client
 from delivery.models import Visitor
 from segmentation.models import Segment, TableVersion
 from segmentation.services import table_build
 from tests.factories import (
     AttachmentFactory,
     CampaignFactory,
-    ClientFactory,
     ContentFactory,
     EventFactory,
-    MembershipFactory,
     PlacementFactory,
     ProfileFactory,
     SegmentFactory,
-    UserFactory,
     VisitorFactory,
 )
 
@@ -44,6 +41,10 @@ INLINE_EMPTY = {
 # Django's own wording, typographic quotes included.
 DOES_NOT_EXIST = "{name} with ID \u201c{pk}\u201d doesn\u2019t exist. Perhaps it was deleted?"
 INVALID_CHOICE = ["Select a valid choice. That choice is not one of the available choices."]
+
+
+def messages_of(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
 
 
 def _tableversion_make(client: Client, tag: str) -> TableVersion:
@@ -151,52 +152,6 @@ def fields_of(row: models.Model) -> dict:
 
 def result_pks(response) -> set[int]:
     return {row.pk for row in response.context["cl"].result_list}
-
-
-def messages_of(response) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]
-
-
-def login(client, user) -> None:
-    client.force_login(user)
-
-
-@pytest.fixture
-def client_a():
-    return ClientFactory(name="Alpha Shop", slug="alpha-shop")
-
-
-@pytest.fixture
-def client_b():
-    return ClientFactory(name="Bravo Shop", slug="bravo-shop")
-
-
-@pytest.fixture
-def marketer(client, client_a):
-    membership = MembershipFactory(client=client_a, role=Membership.Role.MARKETER)
-    login(client, membership.user)
-    return membership.user
-
-
-@pytest.fixture
-def viewer(client, client_a):
-    membership = MembershipFactory(client=client_a, role=Membership.Role.VIEWER)
-    login(client, membership.user)
-    return membership.user
-
-
-@pytest.fixture
-def superuser(client):
-    user = UserFactory(is_superuser=True)
-    login(client, user)
-    return user
-
-
-@pytest.fixture
-def outsider(client):
-    user = UserFactory()
-    login(client, user)
-    return user
 
 
 @pytest.mark.parametrize("name", KINDS)

@@ -47,6 +47,9 @@ def test_buyer_sees_buyers_banner_after_consolidation_and_build(live_server, pag
     # and views products, adds one to the cart and buys it
     page.click("#product-driver-x1")
     page.wait_for_selector("html[data-cm-ready='1']")
+    # script content is executed in its placement
+    offer = page.locator("[data-cm-placement='side-offer'] .offer-note")
+    assert offer.inner_text() == "Free sleeve of tees with any driver this week."
     page.click("#add-to-cart")
     page.wait_for_url("**/demo/shop/cart/")
     page.wait_for_selector("html[data-cm-ready='1']")
@@ -68,6 +71,11 @@ def test_buyer_sees_buyers_banner_after_consolidation_and_build(live_server, pag
     assert (profile.purchases, str(profile.total_spent)) == (1, "349.00")
     assert (profile.product_views, profile.cart_adds, profile.page_views) == (1, 1, 4)
     kinds = set(Event.objects.filter(visitor_id=visitor_id).values_list("type", flat=True))
+    deliveries = Event.objects.filter(visitor_id=visitor_id, type="delivery")
+    assert sorted(deliveries.values_list("placement_key", flat=True)) == [
+        *["home-banner"] * 4,
+        "side-offer",
+    ]
     assert kinds == {"delivery", "page_view", "product_view", "cart_add", "purchase"}
 
     # and on the next page view the same browser gets the "bought at least once" banner

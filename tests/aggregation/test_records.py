@@ -1,0 +1,369 @@
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from aggregation.records import (
+    TRACKED_TYPES,
+    RecordError,
+    delivery_record,
+    event_from_tag,
+    record_parse,
+)
+
+RECEIVED_AT = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+SENT_AT_MS = RECEIVED_AT.timestamp() * 1000
+EVENT_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+VISITOR_ID = "AbCdEfGhIjKlMnOpQrSt.0123456789"
+SESSION_ID = "6b000000.0123456789ab"
+
+
+def _from_tag(event, *, sent_at_ms=SENT_AT_MS, received_at=RECEIVED_AT):
+    return event_from_tag(
+        event,
+        client_id=7,
+        visitor_id=VISITOR_ID,
+        session_id=SESSION_ID,
+        sent_at_ms=sent_at_ms,
+        received_at=received_at,
+    )
+
+
+def _event(**fields):
+    return {"id": EVENT_ID, "type": "page_view", "at": SENT_AT_MS - 2500, **fields}
+
+
+@pytest.mark.parametrize("kind", TRACKED_TYPES)
+def test_event_from_tag_gives_the_full_record(kind):
+    event = {
+        "id": EVENT_ID.upper(),
+        "type": kind,
+        "at": SENT_AT_MS - 2500,
+        "url": "https://shop.example/shoes?size=42",
+        "referrer": "https://www.google.com/",
+        "product_id": "sku-42",
+        "order_id": "order-9",
+        "value": 19.9,
+        "currency": "eur",
+        "email": "  Ann@Example.com ",
+        "properties": {"size": "M", "quantity": 2, "gift": True, "note": None},
+    }
+
+    assert _from_tag(event) == {
+        "event_id": EVENT_ID,
+        "client": 7,
+        "type": kind,
+        "visitor_id": VISITOR_ID,
+        "session_id": SESSION_ID,
+        "occurred_at": "2026-11-01T11:59:57.500000+00:00",
+        "received_at": "2026-11-01T12:00:00+00:00",
+        "url": "https://shop.example/shoes?size=42",
+        "referrer": "https://www.google.com/",
+        "campaign_key": "",
+        "placement_key": "",
+        "content_id": None,
+        "table_version": None,
+        "product_id": "sku-42",
+        "order_id": "order-9",
+        "value": "19.90",
+        "currency": "EUR",
+        "email": "Ann@Example.com",
+        "properties": {"size": "M", "quantity": 2, "gift": True, "note": None},
+    }
+
+
+def test_event_from_tag_fills_absent_fields_with_empty_values():
+    assert _from_tag({"id": EVENT_ID, "type": "custom", "at": SENT_AT_MS, "url": None}) == {
+        "event_id": EVENT_ID,
+        "client": 7,
+        "type": "custom",
+        "visitor_id": VISITOR_ID,
+        "session_id": SESSION_ID,
+        "occurred_at": "2026-11-01T12:00:00+00:00",
+        "received_at": "2026-11-01T12:00:00+00:00",
+        "url": "",
+        "referrer": "",
+        "campaign_key": "",
+        "placement_key": "",
+        "content_id": None,
+        "table_version": None,
+        "product_id": "",
+        "order_id": "",
+        "value": None,
+        "currency": "",
+        "email": "",
+        "properties": {},
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [(0, "0.00"), ("12.346", "12.35"), (999999999999.99, "999999999999.99"), ("7", "7.00")],
+)
+def test_event_from_tag_stores_value_with_two_decimals(value, stored):
+    assert _from_tag(_event(type="purchase", value=value))["value"] == stored
+
+
+@pytest.mark.parametrize(
+    ("tag_clock", "gap_ms", "occurred_at"),
+    [
+        (timedelta(hours=1), 90_000, RECEIVED_AT - timedelta(seconds=90)),
+        (timedelta(days=-3), 1_000, RECEIVED_AT - timedelta(seconds=1)),
+        (timedelta(0), 0, RECEIVED_AT),
+        (timedelta(0), -5_000, RECEIVED_AT),
+        (timedelta(0), 7 * 86_400_000, RECEIVED_AT - timedelta(days=7)),
+    ],
+    ids=["tag-clock-ahead", "tag-clock-behind", "no-gap", "at-after-sent", "seven-days"],
+)
+def test_event_from_tag_applies_the_send_gap_to_the_server_clock(tag_clock, gap_ms, occurred_at):
+    sent_at_ms = (RECEIVED_AT + tag_clock).timestamp() * 1000
+
+    record = _from_tag(_event(at=sent_at_ms - gap_ms), sent_at_ms=sent_at_ms)
+
+    assert record["occurred_at"] == occurred_at.isoformat()
+    assert record["received_at"] == RECEIVED_AT.isoformat()
+
+
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        ("page_view", "must be an object"),
+        (_event(id="not-a-uuid"), "id must be a UUID"),
+        ({"type": "page_view", "at": SENT_AT_MS}, "id must be a UUID"),
+        (
+            _event(type="delivery"),
+            "type must be one of page_view, product_view, cart_add, cart_remove, purchase, custom",
+        ),
+        (
+            _event(type=None),
+            "type must be one of page_view, product_view, cart_add, cart_remove, purchase, custom",
+        ),
+        (_event(at="2026-11-01T12:00:00Z"), "at must be milliseconds since the epoch"),
+        (_event(at=True), "at must be milliseconds since the epoch"),
+        (_event(at=None), "at must be milliseconds since the epoch"),
+        (_event(at=SENT_AT_MS - 7 * 86_400_000 - 1), "at is more than 7 days before sent_at"),
+        (_event(value=-1), "value must be between 0 and 999999999999.99"),
+        (_event(value=-0.01), "value must be between 0 and 999999999999.99"),
+        (_event(value=float("nan")), "value must be between 0 and 999999999999.99"),
+        (_event(value="NaN"), "value must be between 0 and 999999999999.99"),
+        (_event(value=float("inf")), "value must be between 0 and 999999999999.99"),
+        (_event(value=1e12), "value must be between 0 and 999999999999.99"),
+        (_event(value="999999999999.995"), "value must be between 0 and 999999999999.99"),
+        (_event(value=True), "value must be a number"),
+        (_event(value="ten"), "value must be a number"),
+        (_event(value=[5]), "value must be a number"),
+        (_event(type="purchase"), "a purchase needs a value"),
+        (_event(type="purchase", value=None), "a purchase needs a value"),
+        (_event(email="ann@"), "email is not a valid address"),
+        (_event(email="ann example.com"), "email is not a valid address"),
+        (_event(email="a" * 250 + "@x.com"), "email is longer than 254 characters"),
+        (_event(currency="U$D"), "currency must be a three-letter code"),
+        (_event(currency="EU"), "currency must be a three-letter code"),
+        (_event(currency="EURO"), "currency is longer than 3 characters"),
+        (_event(currency=978), "currency must be a string"),
+        (_event(url="https://shop.example/" + "a" * 1980), "url is longer than 2000 characters"),
+        (_event(referrer="r" * 2001), "referrer is longer than 2000 characters"),
+        (_event(product_id="p" * 101), "product_id is longer than 100 characters"),
+        (_event(order_id=["o-1"]), "order_id must be a string"),
+        (_event(url=42), "url must be a string"),
+        (
+            _event(properties={"size": {"eu": 42}}),
+            "properties.size must be a string, number or boolean",
+        ),
+        (_event(properties={"tags": ["a"]}), "properties.tags must be a string, number or boolean"),
+        (_event(properties=["size"]), "properties must be an object"),
+        (_event(properties={"note": "x" * 2040}), "properties are larger than 2048 bytes"),
+    ],
+)
+def test_event_from_tag_refuses_with_exact_error(event, error):
+    with pytest.raises(RecordError) as raised:
+        _from_tag(event)
+
+    assert str(raised.value) == error
+
+
+def test_event_from_tag_accepts_properties_up_to_the_limit():
+    properties = {"note": "x" * 2036}
+    assert len(json.dumps(properties)) == 2048
+
+    assert _from_tag(_event(properties=properties))["properties"] == properties
+
+
+@pytest.mark.parametrize(
+    ("at", "error"),
+    [
+        (-1e300, "at is more than 7 days before sent_at"),
+        (-1e14, "at is more than 7 days before sent_at"),
+        (float("-inf"), "at must be milliseconds since the epoch"),
+    ],
+)
+def test_event_from_tag_refuses_an_at_before_any_date(at, error):
+    with pytest.raises(RecordError) as raised:
+        _from_tag(_event(at=at))
+
+    assert str(raised.value) == error
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"url": "https://shop.example/\x00"},
+        {"product_id": "sku\x00"},
+        {"properties": {"ratio": float("nan")}},
+        {"properties": {"note": "a\x00b"}},
+    ],
+    ids=["nul-in-url", "nul-in-product-id", "nan-in-properties", "nul-in-properties"],
+)
+def test_event_from_tag_refuses_text_the_database_cannot_store(fields):
+    with pytest.raises(RecordError):
+        _from_tag(_event(**fields))
+
+
+def test_event_from_tag_refuses_a_lone_surrogate():
+    with pytest.raises(RecordError):
+        _from_tag(_event(url="https://shop.example/\ud800"))
+
+
+def _delivery():
+    return delivery_record(
+        client_id=3,
+        visitor_id=VISITOR_ID,
+        session_id=SESSION_ID,
+        placement_key="hero",
+        campaign_key="spring",
+        content_id=12,
+        table_version=4,
+        url="https://shop.example/",
+        referrer="https://blog.example/",
+        at=RECEIVED_AT,
+    )
+
+
+def _line(record):
+    return json.dumps(record).encode()
+
+
+def test_record_parse_reads_back_a_delivery_record():
+    record = _delivery()
+
+    assert record_parse(_line(record)) == {
+        **record,
+        "occurred_at": RECEIVED_AT,
+        "received_at": RECEIVED_AT,
+    }
+    assert record["type"] == "delivery"
+    assert record["value"] is None
+
+
+def test_record_parse_reads_back_a_tracked_event():
+    record = _from_tag(
+        _event(type="purchase", value="49.5", order_id="o-1", properties={"coupon": "é"})
+    )
+
+    parsed = record_parse(json.dumps(record, ensure_ascii=False).encode())
+
+    assert parsed == {
+        **record,
+        "occurred_at": datetime(2026, 11, 1, 11, 59, 57, 500000, tzinfo=UTC),
+        "received_at": RECEIVED_AT,
+        "value": Decimal("49.50"),
+    }
+
+
+def _delivery_kwargs():
+    return {
+        "client_id": 3,
+        "visitor_id": VISITOR_ID,
+        "session_id": "",
+        "placement_key": "hero",
+        "campaign_key": "spring",
+        "content_id": None,
+        "table_version": None,
+        "url": "",
+        "referrer": "",
+        "at": RECEIVED_AT,
+    }
+
+
+def test_delivery_record_cuts_long_urls_and_gets_a_fresh_event_id():
+    long_url = "https://shop.example/" + "a" * 2500
+
+    first = delivery_record(**{**_delivery_kwargs(), "url": long_url, "referrer": long_url})
+    second = delivery_record(**_delivery_kwargs())
+
+    assert first["url"] == long_url[:2000]
+    assert first["referrer"] == long_url[:2000]
+    assert first["event_id"] != second["event_id"]
+    assert record_parse(_line(first))["url"] == long_url[:2000]
+
+
+def test_record_parse_reads_naive_timestamps_as_utc():
+    record = {**_delivery(), "occurred_at": "2026-11-01T09:30:00", "received_at": "2026-11-01"}
+
+    parsed = record_parse(_line(record))
+
+    assert parsed["occurred_at"] == datetime(2026, 11, 1, 9, 30, tzinfo=UTC)
+    assert parsed["received_at"] == datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def test_record_parse_keeps_the_offset_of_aware_timestamps():
+    record = {**_delivery(), "occurred_at": "2026-11-01T14:00:00+02:00"}
+
+    assert record_parse(_line(record))["occurred_at"] == RECEIVED_AT
+
+
+def _without(name):
+    record = _delivery()
+    del record[name]
+    return _line(record)
+
+
+def _with(**fields):
+    return _line({**_delivery(), **fields})
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        (b"", "not JSON"),
+        (b"{not json}\n", "not JSON"),
+        (b'{"event_id": "\xff"}', "not JSON"),
+        (_line(_delivery())[:-10], "not JSON"),
+        (b"[1, 2]", "not an object"),
+        (b'"delivery"', "not an object"),
+        (b"null", "not an object"),
+        (_without("event_id"), "missing field event_id"),
+        (_without("client"), "missing field client"),
+        (_without("received_at"), "missing field received_at"),
+        (_without("email"), "missing field email"),
+        (_without("properties"), "missing field properties"),
+        (_with(event_id="nope"), "bad field: badly formed hexadecimal UUID string"),
+        (_with(type="click"), "unknown type 'click'"),
+        (_with(client="3"), "client must be an integer"),
+        (_with(client=True), "client must be an integer"),
+        (_with(occurred_at="yesterday"), "bad field: Invalid isoformat string: 'yesterday'"),
+        (
+            _with(received_at=1793534400),
+            "bad field: fromisoformat: argument must be str",
+        ),
+        (_with(url="u" * 2001), "url must be a string of at most 2000 characters"),
+        (_with(currency=None), "currency must be a string of at most 3 characters"),
+        (_with(visitor_id=""), "visitor_id is empty"),
+        (_with(content_id="12"), "content_id must be an integer or null"),
+        (_with(table_version=4.5), "table_version must be an integer or null"),
+        (_with(value="ten"), "bad field: [<class 'decimal.ConversionSyntax'>]"),
+        (_with(properties=[]), "properties must be an object"),
+    ],
+)
+def test_record_parse_refuses_a_bad_line_with_exact_error(line, error):
+    with pytest.raises(RecordError) as raised:
+        record_parse(line)
+
+    assert str(raised.value) == error
+
+
+@pytest.mark.parametrize("event_id", [5, ["0f8fad5b-d9cb-469f-a165-70867728950e"]])
+def test_record_parse_refuses_an_event_id_that_is_not_a_string(event_id):
+    with pytest.raises(RecordError):
+        record_parse(_with(event_id=event_id))

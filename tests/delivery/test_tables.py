@@ -1,0 +1,316 @@
+import json
+import logging
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from delivery import tables
+from delivery.tables import (
+    ClientView,
+    FileTableStore,
+    LocalTables,
+    PlacementView,
+    RedisTableStore,
+    Table,
+)
+
+PUBLIC_KEY = "pk-shop"
+CAMPAIGN_ID = 7
+VISITORS = [f"visitor-{number:03d}" for number in range(200)]
+
+
+def _answer(content_id):
+    return {
+        "id": content_id,
+        "name": f"Banner {content_id}",
+        "type": "image",
+        "url": f"https://cdn.example/banner-{content_id}.png",
+        "click_url": "https://shop.example/offer",
+        "html": "",
+        "alt": "",
+    }
+
+
+DEFAULT = _answer(1000)
+
+
+def _dumps(data):
+    # As delivery.services writes every blob.
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _manifest(version, *, campaign_id=CAMPAIGN_ID):
+    return _dumps(
+        {
+            "client_id": 3,
+            "public_key": PUBLIC_KEY,
+            "origins": ["https://shop.example", "https://www.shop.example"],
+            "placements": {
+                "hero": {
+                    "campaign_id": campaign_id,
+                    "campaign": "spring",
+                    "default": DEFAULT,
+                    "version": version,
+                }
+            },
+        }
+    )
+
+
+def _table(version, visitors=VISITORS):
+    """A table whose every visitor gets the content numbered like the version."""
+    return _dumps(
+        {
+            "campaign_id": CAMPAIGN_ID,
+            "version": version,
+            "contents": {"1000": DEFAULT, str(version): _answer(version)},
+            "visitors": dict.fromkeys(visitors, version),
+        }
+    )
+
+
+def _publish(store, version):
+    store.table_put(CAMPAIGN_ID, version, _table(version))
+    store.manifest_put(PUBLIC_KEY, _manifest(version))
+
+
+def _served(view):
+    return view.placements["hero"].table.version
+
+
+@pytest.fixture(params=["file", "redis"])
+def store(request, settings, tmp_path):
+    if request.param == "file":
+        return FileTableStore(tmp_path / "store")
+    return RedisTableStore(settings.REDIS_URL)
+
+
+class UnreachableStore:
+    """The store behind a network that can fail, as a delivery node sees it."""
+
+    def __init__(self, store):
+        self.store = store
+        self.is_down = False
+
+    def manifest_get(self, public_key):
+        if self.is_down:
+            raise ConnectionError("table store unreachable")
+        return self.store.manifest_get(public_key)
+
+    def table_get(self, campaign_id, version):
+        if self.is_down:
+            raise ConnectionError("table store unreachable")
+        return self.store.table_get(campaign_id, version)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    now = SimpleNamespace(value=1000.0)
+    monkeypatch.setattr(tables, "time", SimpleNamespace(monotonic=lambda: now.value))
+    return now
+
+
+def test_store_answers_none_for_what_was_never_put(store):
+    assert store.manifest_get(PUBLIC_KEY) is None
+    assert store.table_get(CAMPAIGN_ID, 1) is None
+
+
+def test_store_keeps_manifests_by_public_key(store):
+    store.manifest_put(PUBLIC_KEY, b'{"v":1}')
+    store.manifest_put("pk-other", b'{"v":9}')
+    store.manifest_put(PUBLIC_KEY, b'{"v":2}')
+
+    assert store.manifest_get(PUBLIC_KEY) == b'{"v":2}'
+    assert store.manifest_get("pk-other") == b'{"v":9}'
+
+
+def test_store_keeps_tables_by_campaign_and_version(store):
+    store.table_put(CAMPAIGN_ID, 1, b"one")
+    store.table_put(CAMPAIGN_ID, 2, b"two")
+    store.table_put(8, 1, b"other")
+
+    assert store.table_get(CAMPAIGN_ID, 1) == b"one"
+    assert store.table_get(CAMPAIGN_ID, 2) == b"two"
+    assert store.table_get(8, 1) == b"other"
+
+
+def test_store_deletes_one_table_version(store):
+    store.table_put(CAMPAIGN_ID, 1, b"one")
+    store.table_put(CAMPAIGN_ID, 2, b"two")
+
+    store.table_delete(CAMPAIGN_ID, 1)
+    store.table_delete(CAMPAIGN_ID, 5)
+
+    assert store.table_get(CAMPAIGN_ID, 1) is None
+    assert store.table_get(CAMPAIGN_ID, 2) == b"two"
+
+
+def test_local_tables_loads_manifest_and_table(store):
+    store.table_put(CAMPAIGN_ID, 1, _table(1, visitors=["ann", "bob"]))
+    store.manifest_put(PUBLIC_KEY, _manifest(1))
+
+    view = LocalTables(store, 0).client(PUBLIC_KEY)
+
+    assert view == ClientView(
+        client_id=3,
+        public_key=PUBLIC_KEY,
+        origins=frozenset({"https://shop.example", "https://www.shop.example"}),
+        placements={
+            "hero": PlacementView(
+                key="hero",
+                campaign_id=CAMPAIGN_ID,
+                campaign_key="spring",
+                default=DEFAULT,
+                table=Table(
+                    campaign_id=CAMPAIGN_ID,
+                    version=1,
+                    contents={1000: DEFAULT, 1: _answer(1)},
+                    visitors={"ann": 1, "bob": 1},
+                ),
+            )
+        },
+    )
+
+
+def test_local_tables_serves_a_placement_without_table(store):
+    store.manifest_put(PUBLIC_KEY, _manifest(None))
+
+    view = LocalTables(store, 0).client(PUBLIC_KEY)
+
+    assert view.placements["hero"].table is None
+    assert view.placements["hero"].default == DEFAULT
+
+
+def test_local_tables_answers_none_for_an_unpublished_client(store):
+    assert LocalTables(store, 0).client(PUBLIC_KEY) is None
+
+
+def test_local_tables_serves_a_new_version_on_the_next_call(store):
+    local = LocalTables(store, 0)
+    _publish(store, 1)
+    assert _served(local.client(PUBLIC_KEY)) == 1
+
+    _publish(store, 2)
+
+    assert _served(local.client(PUBLIC_KEY)) == 2
+
+
+def test_local_tables_checks_the_store_once_per_interval(store, clock):
+    local = LocalTables(store, 60)
+    _publish(store, 1)
+    assert _served(local.client(PUBLIC_KEY)) == 1
+
+    _publish(store, 2)
+    clock.value += 59.9
+    assert _served(local.client(PUBLIC_KEY)) == 1
+
+    clock.value += 0.1
+    assert _served(local.client(PUBLIC_KEY)) == 2
+
+
+def test_local_tables_keeps_serving_while_the_store_is_unreachable(store, clock, caplog):
+    caplog.set_level(logging.WARNING, logger="delivery.tables")
+    unreachable = UnreachableStore(store)
+    local = LocalTables(unreachable, 60)
+    _publish(store, 1)
+    held = local.client(PUBLIC_KEY)
+
+    unreachable.is_down = True
+    _publish(store, 2)
+    during = []
+    for _ in range(2):
+        clock.value += 60
+        during += [local.client(PUBLIC_KEY), local.client(PUBLIC_KEY)]
+
+    assert during == [held] * 4
+    assert [record.getMessage() for record in caplog.records] == [
+        "table store unreachable; serving the copy held"
+    ] * 2
+
+    unreachable.is_down = False
+    clock.value += 60
+    assert _served(local.client(PUBLIC_KEY)) == 2
+
+
+def test_local_tables_without_a_copy_answers_none_while_redis_is_unreachable():
+    local = LocalTables(RedisTableStore("redis://127.0.0.1:1/0"), 0)
+
+    assert local.client(PUBLIC_KEY) is None
+    assert local.client(PUBLIC_KEY) is None
+
+
+def test_local_tables_keeps_the_previous_view_when_a_named_table_is_missing(store):
+    local = LocalTables(store, 0)
+    _publish(store, 1)
+    held = local.client(PUBLIC_KEY)
+
+    store.manifest_put(PUBLIC_KEY, _manifest(2))
+
+    assert local.client(PUBLIC_KEY) is held
+    assert local.client(PUBLIC_KEY) is held
+
+    store.table_put(CAMPAIGN_ID, 2, _table(2))
+
+    assert _served(local.client(PUBLIC_KEY)) == 2
+
+
+def test_local_tables_keeps_the_previous_view_when_the_manifest_is_unreadable(store):
+    local = LocalTables(store, 0)
+    _publish(store, 1)
+    held = local.client(PUBLIC_KEY)
+
+    store.manifest_put(PUBLIC_KEY, b'{"client_id": 3, "placem')
+
+    assert local.client(PUBLIC_KEY) is held
+
+
+def test_local_tables_first_load_of_a_manifest_naming_a_missing_table_answers_none(store):
+    store.manifest_put(PUBLIC_KEY, _manifest(1))
+
+    assert LocalTables(store, 0).client(PUBLIC_KEY) is None
+
+
+def test_local_tables_reuses_a_held_table_when_only_the_manifest_changes(store):
+    local = LocalTables(store, 0)
+    _publish(store, 1)
+    table = local.client(PUBLIC_KEY).placements["hero"].table
+
+    store.manifest_put(PUBLIC_KEY, _manifest(1).replace(b"spring", b"summer"))
+    view = local.client(PUBLIC_KEY)
+
+    assert view.placements["hero"].campaign_key == "summer"
+    assert view.placements["hero"].table is table
+
+
+def test_readers_never_see_a_mix_of_two_versions(store):
+    """A publisher writes versions 2..50 while fresh readers look: each view is one version."""
+    _publish(store, 1)
+    failures = []
+
+    def publish():
+        try:
+            for version in range(2, 51):
+                _publish(store, version)
+        except Exception as error:
+            failures.append(error)
+
+    def read():
+        view = LocalTables(store, 0).client(PUBLIC_KEY)
+        table = view.placements["hero"].table
+        answers = {table.contents[table.visitors[visitor]]["id"] for visitor in VISITORS}
+        assert answers == {table.version}
+        assert len(table.visitors) == len(VISITORS)
+        seen.append(table.version)
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    seen = []
+    while publisher.is_alive():
+        read()
+    publisher.join()
+    read()
+
+    assert failures == []
+    assert seen == sorted(seen)
+    assert seen[-1] == 50
