@@ -1,3 +1,5 @@
+from functools import partial
+
 from django.contrib import admin, messages
 from django.db import transaction
 
@@ -38,7 +40,7 @@ class CampaignAdmin(TenantAdmin):
 
         campaign_ids = list(queryset.values_list("pk", flat=True))
         for campaign_id in campaign_ids:
-            transaction.on_commit(lambda campaign_id=campaign_id: build_table.delay(campaign_id))
+            transaction.on_commit(partial(build_table.delay, campaign_id))
         self.message_user(
             request,
             f"Queued table builds for {len(campaign_ids)} campaign(s); see Table versions.",

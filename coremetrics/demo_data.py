@@ -137,7 +137,7 @@ def demo_history_seed(*, client: Client, visitors: int, seed: int = 7) -> int:
             if at > now - timedelta(hours=1):
                 break
             session_id = f"{int(at.timestamp()):x}.{uuid.uuid4().hex[:12]}"
-            events = [("page_view", {})]
+            events: list[tuple[str, dict]] = [("page_view", {})]
             for product in rng.sample(PRODUCTS, rng.randint(0, 3)):
                 events.append(("product_view", {"product_id": product["id"]}))
                 if rng.random() < 0.35:

@@ -49,7 +49,7 @@ class TenantForm(forms.ModelForm):
     tenant_client: Client | None = None
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         client = (
             self.tenant_client or cleaned.get("client") or getattr(self.instance, "client", None)
         )
@@ -61,15 +61,15 @@ class TenantForm(forms.ModelForm):
             # A row without a client yet is the unsaved parent of an inline: it takes ours.
             if isinstance(value, models.Model)
             and _has_client(type(value))
-            and value.client_id is not None
-            and value.client_id != client.pk
+            and getattr(value, "client_id", None) is not None
+            and getattr(value, "client_id", None) != client.pk
         ]
         for name in foreign:
             self.add_error(name, "Choose one of this client's own rows.")
         return cleaned
 
 
-class TenantScoped:
+class TenantScoped(admin.options.BaseModelAdmin):
     """Shared by TenantAdmin and TenantInline."""
 
     def get_queryset(self, request):
@@ -86,26 +86,12 @@ class TenantScoped:
         if not request.user.is_superuser:
             client = client_of(request)
             if related is Client:
-                kwargs["queryset"] = Client.objects.filter(pk=client.pk if client else None)
+                kwargs["queryset"] = (
+                    Client.objects.filter(pk=client.pk) if client else Client.objects.none()
+                )
             elif _has_client(related):
                 kwargs["queryset"] = related._default_manager.filter(client=client)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
-
-    def get_list_filter(self, request):
-        # Django's related filter offers every row of the related model; offer only those
-        # that the visible rows point at.
-        return [
-            (name, admin.RelatedOnlyFieldListFilter)
-            if isinstance(name, str) and self._is_relation(name)
-            else name
-            for name in super().get_list_filter(request)
-        ]
-
-    def _is_relation(self, name: str) -> bool:
-        try:
-            return self.model._meta.get_field(name).is_relation
-        except Exception:
-            return False
 
     def get_exclude(self, request, obj=None):
         exclude = list(super().get_exclude(request, obj) or [])
@@ -143,8 +129,24 @@ class TenantAdmin(TenantScoped, admin.ModelAdmin):
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         form = super().get_form(request, obj, change, **kwargs)
-        form.tenant_client = None if request.user.is_superuser else client_of(request)
-        return form
+        client = None if request.user.is_superuser else client_of(request)
+        return type(form.__name__, (form,), {"tenant_client": client})
+
+    def get_list_filter(self, request):
+        # Django's related filter offers every row of the related model; offer only those
+        # that the visible rows point at.
+        return [
+            (name, admin.RelatedOnlyFieldListFilter)
+            if isinstance(name, str) and self._is_relation(name)
+            else name
+            for name in super().get_list_filter(request)
+        ]
+
+    def _is_relation(self, name: str) -> bool:
+        try:
+            return self.model._meta.get_field(name).is_relation
+        except Exception:
+            return False
 
     def save_model(self, request, obj, form, change):
         if not request.user.is_superuser:
@@ -164,9 +166,9 @@ class TenantInline(TenantScoped, admin.TabularInline):
     form = TenantForm
 
     def get_formset(self, request, obj=None, **kwargs):
-        formset = super().get_formset(request, obj, **kwargs)
-        formset.form.tenant_client = obj.client if obj is not None else client_of(request)
-        return formset
+        client = obj.client if obj is not None else client_of(request)
+        form = type(self.form.__name__, (self.form,), {"tenant_client": client})
+        return super().get_formset(request, obj, **{**kwargs, "form": form})
 
 
 class ReadOnlyTenantAdmin(TenantAdmin):

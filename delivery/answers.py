@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from delivery.tables import ClientView
 
 
@@ -9,7 +11,7 @@ def placements_answer(
     view: ClientView, *, visitor_id: str, placement_keys: list[str]
 ) -> list[dict]:
     """One answer per placement asked: the table's content for the visitor, else the default."""
-    answers = []
+    answers: list[dict[str, Any]] = []
     for key in placement_keys:
         placement = view.placements.get(key)
         if placement is None:
@@ -25,11 +27,10 @@ def placements_answer(
             continue
         table = placement.table
         content_id = table.visitors.get(visitor_id) if table is not None else None
-        if content_id is not None:
-            assert table is not None
+        content: dict[str, Any] | None = placement.default
+        source = "default"
+        if table is not None and content_id is not None:
             content, source = table.contents[content_id], "table"
-        else:
-            content, source = placement.default, "default"
         answers.append(
             {
                 "placement": key,

@@ -54,13 +54,13 @@ class RedisTableStore:
         return f"{self._prefix}:table:{campaign_id}:{version}"
 
     def manifest_get(self, public_key: str) -> bytes | None:
-        return self._redis.get(self._manifest_key(public_key))
+        return self._redis.get(self._manifest_key(public_key))  # type: ignore[return-value]
 
     def manifest_put(self, public_key: str, data: bytes) -> None:
         self._redis.set(self._manifest_key(public_key), data)
 
     def table_get(self, campaign_id: int, version: int) -> bytes | None:
-        return self._redis.get(self._table_key(campaign_id, version))
+        return self._redis.get(self._table_key(campaign_id, version))  # type: ignore[return-value]
 
     def table_put(self, campaign_id: int, version: int, data: bytes) -> None:
         self._redis.set(self._table_key(campaign_id, version), data)

@@ -81,6 +81,7 @@ step_pytest "$@"
 step_smoke
 run_step "ruff check" "$RUFF" check .
 run_step "ruff format --check" "$RUFF" format --check .
+run_step "mypy" "$ROOT/.venv/bin/mypy"
 run_step "makemigrations --check" "$PY" manage.py makemigrations --check --dry-run
 
 failed=0
