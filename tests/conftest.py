@@ -1,7 +1,16 @@
+from pathlib import Path
+
 import pytest
+from django.conf import settings as django_settings
 
 from aggregation.spool import spool_writer_reset
 from delivery.tables import local_tables_reset
+
+
+@pytest.fixture(autouse=True, scope="session")
+def static_root_present():
+    """WhiteNoise warns on every request when collectstatic has not made STATIC_ROOT yet."""
+    Path(django_settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)
 
 
 @pytest.fixture(autouse=True)
