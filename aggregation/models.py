@@ -15,7 +15,7 @@ class Event(models.Model):
         PURCHASE = "purchase", "Purchase"
         CUSTOM = "custom", "Custom"
 
-    event_id = models.UUIDField(unique=True)
+    event_id = models.UUIDField()
     client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="events")
     type = models.CharField(max_length=20, choices=Type.choices)
     visitor_id = models.CharField(max_length=64)
@@ -37,6 +37,10 @@ class Event(models.Model):
 
     class Meta:
         ordering = ["-occurred_at"]
+        constraints = [
+            # Ids come from browsers; one client's ids must never suppress another's events.
+            models.UniqueConstraint(fields=["client", "event_id"], name="event_client_id_unique")
+        ]
         indexes = [
             models.Index(fields=["client", "visitor_id", "occurred_at"]),
             models.Index(fields=["client", "type", "occurred_at"]),
@@ -65,7 +69,7 @@ class Profile(models.Model):
     cart_removes = models.PositiveIntegerField(default=0)
     cart_abandonments = models.PositiveIntegerField(default=0)
     purchases = models.PositiveIntegerField(default=0)
-    total_spent = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    total_spent = models.DecimalField(max_digits=20, decimal_places=2, default=0)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.DIRECT)
     email = models.EmailField(max_length=254, blank=True)
     attributes = models.JSONField(default=dict, blank=True)
@@ -92,6 +96,7 @@ class ConsolidationRun(models.Model):
         RUNNING = "running", "Running"
         DONE = "done", "Done"
         FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped (another run was under way)"
 
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
     files = models.PositiveIntegerField(default=0)
@@ -100,6 +105,9 @@ class ConsolidationRun(models.Model):
     duplicates = models.PositiveIntegerField(default=0)
     bad_lines = models.PositiveIntegerField(default=0)
     profiles_updated = models.PositiveIntegerField(default=0)
+    client_ids = models.JSONField(
+        default=list, blank=True, help_text="Clients whose events this run loaded."
+    )
     error = models.TextField(blank=True)
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -27,16 +27,26 @@ class EventRow:
     email: str = ""
 
 
+def _host(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:  # e.g. "http://[": recorded as sent, but names no host
+        return ""
+
+
 def source_classify(url: str, referrer: str) -> str:
     """How a visit came: email, campaign, search, referral or direct (landing URL + referrer)."""
-    query = parse_qs(urlsplit(url).query)
+    try:
+        query = parse_qs(urlsplit(url).query)
+    except ValueError:
+        query = {}
     medium = (query.get("utm_medium") or [""])[0].lower()
     if medium == "email":
         return "email"
     if medium or "utm_campaign" in query or "gclid" in query:
         return "campaign"
-    referrer_host = urlsplit(referrer).hostname or ""
-    if not referrer_host or referrer_host == urlsplit(url).hostname:
+    referrer_host = _host(referrer)
+    if not referrer_host or referrer_host == _host(url):
         return "direct"
     if any(engine in referrer_host for engine in SEARCH_ENGINES):
         return "search"

@@ -98,10 +98,11 @@ def _properties(raw: Any) -> dict:
     return raw
 
 
-def _timestamp_ms(raw: Any, name: str) -> float:
+def timestamp_ms(raw: Any, name: str) -> float:
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise RecordError(f"{name} must be milliseconds since the epoch")
-    if not math.isfinite(raw):
+    # JSON integers have no size limit; beyond 2**53 they are no longer milliseconds anyway.
+    if abs(raw) > 2**53 or not math.isfinite(raw):
         raise RecordError(f"{name} must be milliseconds since the epoch")
     return float(raw)
 
@@ -125,7 +126,7 @@ def event_from_tag(
     kind = event.get("type")
     if kind not in TRACKED_TYPES:
         raise RecordError(f"type must be one of {', '.join(TRACKED_TYPES)}")
-    at_ms = _timestamp_ms(event.get("at"), "at")
+    at_ms = timestamp_ms(event.get("at"), "at")
     # The tag's clock may be wrong; the gap between the event and the send is not.
     gap_ms = max(0.0, sent_at_ms - at_ms)
     if gap_ms > MAX_EVENT_AGE.total_seconds() * 1000:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import gzip
 import io
 import json
 import logging
 import os
 import shutil
+import tempfile
 from collections import defaultdict
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -21,9 +24,9 @@ from django.utils import timezone
 from aggregation import spool
 from aggregation.models import ConsolidationRun, Event, Profile
 from aggregation.profiles import EventRow, profile_compute
-from aggregation.records import RecordError, event_from_tag, record_parse
+from aggregation.records import RecordError, delivery_record, event_from_tag, record_parse
 from coremetrics.models import Client
-from delivery.models import Visitor
+from delivery.services import VisitorSeen, visitors_upsert
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +70,10 @@ TEXT_COLUMNS = [
 ]
 
 
-class BatchError(ValueError):
-    def __init__(self, errors: list[str]):
-        super().__init__("; ".join(errors))
-        self.errors = errors
+@dataclass
+class CollectResult:
+    accepted: int
+    rejected: list[dict]
 
 
 def events_collect(
@@ -81,9 +84,9 @@ def events_collect(
     sent_at_ms: float,
     events: list,
     received_at: datetime,
-) -> int:
-    """Validate a batch from the tag and spool it whole; raises BatchError, or OSError."""
-    records, errors = [], []
+) -> CollectResult:
+    """Spool the batch's valid events; name each refused one with its reason (raises OSError)."""
+    records, rejected = [], []
     for index, event in enumerate(events):
         try:
             records.append(
@@ -97,11 +100,38 @@ def events_collect(
                 )
             )
         except RecordError as error:
-            errors.append(f"events[{index}]: {error}")
-    if errors:
-        raise BatchError(errors)
+            event_id = event.get("id") if isinstance(event, dict) else None
+            rejected.append({"index": index, "id": event_id, "error": str(error)})
     spool.spool_append(records)
-    return len(records)
+    return CollectResult(accepted=len(records), rejected=rejected)
+
+
+def deliveries_spool(
+    *,
+    client_id: int,
+    visitor_id: str,
+    session_id: str,
+    answers: list[dict],
+    url: str,
+    referrer: str,
+    at: datetime,
+) -> None:
+    """Spool one record per delivery answer (D4); raises OSError when the disk refuses."""
+    spool.spool_append(
+        delivery_record(
+            client_id=client_id,
+            visitor_id=visitor_id,
+            session_id=session_id,
+            placement_key=answer["placement"],
+            campaign_key=answer["campaign"],
+            content_id=answer["content"]["id"] if answer["content"] else None,
+            table_version=answer["version"],
+            url=url,
+            referrer=referrer,
+            at=at,
+        )
+        for answer in answers
+    )
 
 
 @dataclass
@@ -111,34 +141,107 @@ class FileResult:
     duplicates: int = 0
     bad_lines: int = 0
     profiles: int = 0
+    client_ids: set[int] = field(default_factory=set)
+
+
+# A file that fails this many runs in a row (not a bad line: those go to dead/) is set aside in
+# quarantine/ so that it cannot stop consolidation of every other file.
+MAX_FILE_ATTEMPTS = 3
 
 
 def spool_consolidate(*, seal_open: bool = True) -> ConsolidationRun:
-    """Load every closed spool file into the database, archive it, and update profiles."""
+    """Load every closed spool file into the database, archive it, and update profiles.
+
+    One run at a time: a run that finds another under way records itself as skipped.
+    """
     run = ConsolidationRun.objects.create()
-    try:
-        if seal_open:
-            spool.spool_seal_open()
-        for path in spool.spool_closed_files():
-            result = spool_file_load(path)
-            run.files += 1
-            run.lines += result.lines
-            run.loaded += result.loaded
-            run.duplicates += result.duplicates
-            run.bad_lines += result.bad_lines
-            run.profiles_updated += result.profiles
-        run.profiles_updated += profiles_settle(now=timezone.now())
-        run.status = ConsolidationRun.Status.DONE
-    except Exception as error:
-        logger.exception("consolidation failed")
-        run.status = ConsolidationRun.Status.FAILED
-        run.error = f"{type(error).__name__}: {error}"
+    with consolidation_lock() as is_acquired:
+        if not is_acquired:
+            run.status = ConsolidationRun.Status.SKIPPED
+            run.error = "another consolidation was running"
+        else:
+            _consolidate(run, seal_open=seal_open)
     run.finished_at = timezone.now()
     run.save()
     return run
 
 
-def spool_file_load(path: Path) -> FileResult:
+def _consolidate(run: ConsolidationRun, *, seal_open: bool) -> None:
+    errors = []
+    client_ids: set[int] = set()
+    if seal_open:
+        spool.spool_seal_open()
+    for path in spool.spool_closed_files():
+        try:
+            result = spool_file_load(path=path)
+        except Exception as error:
+            logger.exception("could not load spool file %s", path.name)
+            errors.append(f"{path.name}: {type(error).__name__}: {error}")
+            _attempt_count(path)
+            continue
+        run.files += 1
+        run.lines += result.lines
+        run.loaded += result.loaded
+        run.duplicates += result.duplicates
+        run.bad_lines += result.bad_lines
+        run.profiles_updated += result.profiles
+        client_ids |= result.client_ids
+    try:
+        run.profiles_updated += profiles_settle(now=timezone.now())
+    except Exception as error:
+        logger.exception("could not settle ended sessions")
+        errors.append(f"settling sessions: {type(error).__name__}: {error}")
+    run.client_ids = sorted(client_ids)
+    run.status = ConsolidationRun.Status.FAILED if errors else ConsolidationRun.Status.DONE
+    run.error = "\n".join(errors)
+
+
+@contextmanager
+def consolidation_lock():
+    """Held by one consolidation at a time: an flock on the spool, and on PostgreSQL an
+    advisory lock, which also covers nodes that share one database but not one disk."""
+    lock_path = Path(settings.SPOOL_DIR) / ".consolidate.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            if connection.vendor != "postgresql":
+                yield True
+                return
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [CONSOLIDATION_LOCK_ID])
+                is_acquired = cursor.fetchone()[0]
+            try:
+                yield is_acquired
+            finally:
+                if is_acquired:
+                    with connection.cursor() as cursor:
+                        cursor.execute("SELECT pg_advisory_unlock(%s)", [CONSOLIDATION_LOCK_ID])
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+CONSOLIDATION_LOCK_ID = 0x636D_636F  # "cmco"
+
+
+def _attempt_count(path: Path) -> None:
+    marker = path.with_name(path.name + ".attempts")
+    attempts = int(marker.read_text() or 0) + 1 if marker.exists() else 1
+    if attempts < MAX_FILE_ATTEMPTS:
+        marker.write_text(str(attempts))
+        return
+    quarantine = spool.spool_paths()["quarantine"]
+    quarantine.mkdir(parents=True, exist_ok=True)
+    os.replace(path, quarantine / path.name)
+    marker.unlink(missing_ok=True)
+    logger.error("spool file %s failed %d times; moved to quarantine/", path.name, attempts)
+
+
+def spool_file_load(*, path: Path) -> FileResult:
     """Archive one closed file, load it and its visitors' profiles in one transaction, remove it.
 
     A crash anywhere leaves the file in closed/; the next run loads it again and the unique
@@ -146,70 +249,82 @@ def spool_file_load(path: Path) -> FileResult:
     """
     paths = spool.spool_paths()
     result = FileResult()
-    records, dead = [], []
+    parsed, dead = [], []
     with path.open("rb") as file:
         for number, line in enumerate(file, start=1):
             result.lines += 1
             try:
-                records.append(record_parse(line))
+                parsed.append((number, line, record_parse(line)))
             except RecordError as error:
                 dead.append((number, str(error), line))
-    known_clients = set(
-        Client.objects.filter(pk__in={record["client"] for record in records}).values_list(
-            "pk", flat=True
-        )
-    )
-    for record in [record for record in records if record["client"] not in known_clients]:
-        dead.append((0, f"unknown client {record['client']}", b""))
-        records.remove(record)
+    client_ids = {record["client"] for _, _, record in parsed}
+    known_clients = set(Client.objects.filter(pk__in=client_ids).values_list("pk", flat=True))
+    records = []
+    for number, line, record in parsed:
+        if record["client"] in known_clients:
+            records.append(record)
+        else:
+            dead.append((number, f"unknown client {record['client']}", line))
     _archive(path, paths["archive"])
     if dead:
-        _dead_letter(path.name, dead, paths["dead"])
+        _dead_letter(path.name, sorted(dead), paths["dead"])
     result.bad_lines = len(dead)
     with transaction.atomic():
-        result.loaded = events_load(records)
+        result.loaded = events_load(records=records)
         result.duplicates = len(records) - result.loaded
         touched: dict[int, set[str]] = defaultdict(set)
         for record in records:
             touched[record["client"]].add(record["visitor_id"])
         for client_id, visitor_ids in touched.items():
             result.profiles += profiles_rebuild(client_id=client_id, visitor_ids=visitor_ids)
+    if result.loaded:
+        result.client_ids = set(touched)
     path.unlink()
+    path.with_name(path.name + ".attempts").unlink(missing_ok=True)
     return result
 
 
 def _archive(path: Path, archive_dir: Path) -> None:
     archive_dir.mkdir(parents=True, exist_ok=True)
-    target = archive_dir / f"{path.name}.gz"
-    temporary = archive_dir / f".{path.name}.gz.tmp"
-    with path.open("rb") as source, gzip.open(temporary, "wb") as sink:
-        shutil.copyfileobj(source, sink)
-    os.replace(temporary, target)
+    handle, temporary = tempfile.mkstemp(dir=archive_dir, prefix=f".{path.name}.")
+    try:
+        with path.open("rb") as source, gzip.open(os.fdopen(handle, "wb"), "wb") as sink:
+            shutil.copyfileobj(source, sink)
+        os.replace(temporary, archive_dir / f"{path.name}.gz")
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _dead_letter(name: str, dead: list[tuple[int, str, bytes]], dead_dir: Path) -> None:
+    # Rewritten whole: a file loaded again after a crash yields the same dead lines, not twice.
     dead_dir.mkdir(parents=True, exist_ok=True)
-    with (dead_dir / f"{name}.dead").open("ab") as file:
+    with (dead_dir / f"{name}.dead").open("wb") as file:
         for number, reason, line in dead:
             file.write(f"line {number}: {reason}\t".encode() + line.rstrip(b"\n") + b"\n")
 
 
-def events_load(records: list[dict]) -> int:
+def events_load(*, records: list[dict]) -> int:
     """Insert records, skipping event ids already present; returns how many were new."""
     if not records:
         return 0
     if connection.vendor == "postgresql":
         return _events_copy(records)
-    ids = [record["event_id"] for record in records]
+    keys = {(record["client"], record["event_id"]) for record in records}
     present = set()
+    ids = sorted({event_id for _, event_id in keys})
     for start in range(0, len(ids), 500):
         present |= {
-            str(event_id)
-            for event_id in Event.objects.filter(event_id__in=ids[start : start + 500]).values_list(
-                "event_id", flat=True
-            )
+            (client_id, str(event_id))
+            for client_id, event_id in Event.objects.filter(
+                event_id__in=ids[start : start + 500]
+            ).values_list("client_id", "event_id")
         }
-    new = {record["event_id"]: record for record in records if record["event_id"] not in present}
+    new = {
+        (record["client"], record["event_id"]): record
+        for record in records
+        if (record["client"], record["event_id"]) not in present
+    }
     Event.objects.bulk_create(
         [
             Event(client_id=record["client"], **{k: v for k, v in record.items() if k != "client"})
@@ -243,8 +358,8 @@ def _events_copy(records: list[dict]) -> int:
         # A file can hold one event id twice (a retried batch inside one file): keep the first.
         cursor.execute(
             f"INSERT INTO aggregation_event ({columns}) "
-            f"SELECT DISTINCT ON (event_id) {columns} FROM event_stage "
-            f"ON CONFLICT (event_id) DO NOTHING"
+            f"SELECT DISTINCT ON (client_id, event_id) {columns} FROM event_stage "
+            f"ON CONFLICT (client_id, event_id) DO NOTHING"
         )
         loaded = cursor.rowcount
         cursor.execute("DROP TABLE event_stage")
@@ -282,20 +397,17 @@ def profiles_rebuild(*, client_id: int, visitor_ids: set[str]) -> int:
             unique_fields=["client", "visitor_id"],
             update_fields=PROFILE_FIELDS,
         )
-        Visitor.objects.bulk_create(
-            [
-                Visitor(
-                    client_id=client_id,
+        visitors_upsert(
+            client_id=client_id,
+            visitors=[
+                VisitorSeen(
                     visitor_id=profile.visitor_id,
                     first_seen_at=profile.first_seen_at,
                     last_seen_at=profile.last_seen_at,
-                    cookie_data={"session": _last_session(rows[profile.visitor_id])},
+                    session_id=_last_session(rows[profile.visitor_id]),
                 )
                 for profile in profiles
             ],
-            update_conflicts=True,
-            unique_fields=["client", "visitor_id"],
-            update_fields=["first_seen_at", "last_seen_at", "cookie_data"],
         )
         written += len(profiles)
     return written

@@ -5,6 +5,7 @@ Layout under SPOOL_DIR:
     closed/    rotated files waiting for consolidation
     archive/   consolidated files, gzip-compressed
     dead/      lines that could not be loaded, with the reason
+    quarantine/ files whose loading failed MAX_FILE_ATTEMPTS runs in a row, kept for a person
 
 Each append is one write(2) on an O_APPEND descriptor under an exclusive flock. Consolidation
 seals an open file by taking the same lock and renaming it into closed/; a writer that then
@@ -29,7 +30,7 @@ from django.conf import settings
 
 def spool_paths(root: Path | None = None) -> dict[str, Path]:
     root = Path(root or settings.SPOOL_DIR)
-    return {name: root / name for name in ("open", "closed", "archive", "dead")}
+    return {name: root / name for name in ("open", "closed", "archive", "dead", "quarantine")}
 
 
 class SpoolWriter:
@@ -68,6 +69,8 @@ class SpoolWriter:
             try:
                 written = os.write(self._fd, data)
                 if written != len(data):
+                    # Take the half line back, so the next append starts on a line of its own.
+                    os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
                     raise OSError(f"short write to spool: {written} of {len(data)} bytes")
                 self._size += written
             finally:

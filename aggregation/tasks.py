@@ -1,3 +1,5 @@
+from functools import partial
+
 from celery import shared_task
 from django.db import transaction
 
@@ -6,10 +8,10 @@ from aggregation.services import spool_consolidate
 
 @shared_task(name="aggregation.consolidate")
 def consolidate() -> dict:
-    """Load closed spool files; when new events arrived, rebuild the lookup tables (S4)."""
+    """Load closed spool files; rebuild the lookup tables of clients with new events (S4)."""
     run = spool_consolidate()
-    if run.loaded:
-        from segmentation.tasks import build_tables
+    from segmentation.tasks import build_tables
 
-        transaction.on_commit(build_tables.delay)
+    for client_id in run.client_ids:
+        transaction.on_commit(partial(build_tables.delay, client_id))
     return {"run": run.pk, "status": run.status, "loaded": run.loaded}

@@ -11,9 +11,10 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from aggregation.services import BatchError, events_collect
+from aggregation.records import RecordError, timestamp_ms
+from aggregation.services import events_collect
 from delivery.identity import SESSION_ID_RE, visitor_id_is_valid
-from delivery.views import QueryError, client_view_get
+from delivery.selectors import QueryError, client_view_get
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def collect(request: HttpRequest) -> HttpResponse:
     if declared > limit:
         return _reply(request, 413, {"error": f"body is larger than {limit} bytes"})
     try:
-        view = client_view_get(request)
+        view = client_view_get(key=request.GET.get("k", ""))
     except QueryError as error:
         return _reply(request, error.status, {"error": str(error)})
     body = request.read(limit + 1)
@@ -52,7 +53,7 @@ def collect(request: HttpRequest) -> HttpResponse:
     if errors:
         return _reply(request, 400, {"error": "invalid batch", "errors": errors})
     try:
-        accepted = events_collect(
+        result = events_collect(
             client_id=view.client_id,
             visitor_id=batch["visitor"],
             session_id=batch["session"],
@@ -60,12 +61,12 @@ def collect(request: HttpRequest) -> HttpResponse:
             events=batch["events"],
             received_at=timezone.now(),
         )
-    except BatchError as error:
-        return _reply(request, 400, {"error": "invalid events", "errors": error.errors})
     except OSError:
         logger.exception("could not spool a batch")
         return _reply(request, 503, {"error": "cannot store events now; retry later"})
-    return _reply(request, 202, {"accepted": accepted})
+    if not result.accepted:
+        return _reply(request, 400, {"error": "invalid events", "rejected": result.rejected})
+    return _reply(request, 202, {"accepted": result.accepted, "rejected": result.rejected})
 
 
 def _refuse_constant(name: str) -> float:
@@ -83,9 +84,10 @@ def _batch_errors(batch: object) -> list[str]:
     session_id = batch.get("session")
     if not isinstance(session_id, str) or not SESSION_ID_RE.fullmatch(session_id):
         errors.append("session must be a session id issued by this server")
-    sent_at = batch.get("sent_at")
-    if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):
-        errors.append("sent_at must be milliseconds since the epoch")
+    try:
+        timestamp_ms(batch.get("sent_at"), "sent_at")
+    except RecordError as error:
+        errors.append(str(error))
     events = batch.get("events")
     if not isinstance(events, list) or not events:
         errors.append("events must be a non-empty list")

@@ -9,6 +9,7 @@ from coremetrics.tenancy import TenantAdmin, TenantInline
 
 @admin.register(Content)
 class ContentAdmin(TenantAdmin):
+    rebuilds_tables = True
     list_display = ["name", "type", "url", "click_url", "client"]
     list_filter = ["type"]
     search_fields = ["name", "url"]
@@ -16,6 +17,7 @@ class ContentAdmin(TenantAdmin):
 
 @admin.register(Placement)
 class PlacementAdmin(TenantAdmin):
+    rebuilds_tables = True
     list_display = ["key", "name", "client"]
     search_fields = ["key", "name"]
 
@@ -28,13 +30,14 @@ class AttachmentInline(TenantInline):
 
 @admin.register(Campaign)
 class CampaignAdmin(TenantAdmin):
+    rebuilds_tables = True
     list_display = ["name", "key", "placement", "default_content", "is_active", "client"]
     list_filter = ["is_active"]
     search_fields = ["name", "key"]
     inlines = [AttachmentInline]
     actions = ["build_tables_now"]
 
-    @admin.action(description="Build and publish the lookup tables now")
+    @admin.action(description="Build and publish the lookup tables now", permissions=["change"])
     def build_tables_now(self, request, queryset):
         from segmentation.tasks import build_table
 
@@ -50,5 +53,6 @@ class CampaignAdmin(TenantAdmin):
 
 @admin.register(Attachment)
 class AttachmentAdmin(TenantAdmin):
+    rebuilds_tables = True
     list_display = ["campaign", "priority", "segment", "content", "client"]
     list_filter = ["campaign"]

@@ -1,8 +1,12 @@
+from functools import partial
+
 from django.conf import settings
 from django.contrib import admin
+from django.db import transaction
 
 from coremetrics.models import Client, Membership, Site
 from coremetrics.tenancy import client_of, membership_of
+from delivery.services import manifest_publish
 from delivery.tag import tag_snippet
 
 admin.site.site_header = "coremetrics console"
@@ -32,6 +36,16 @@ class ClientAdmin(admin.ModelAdmin):
                 "snippet": tag_snippet(base_url=base, public_key=client.public_key),
             }
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        # Switching a client on or off is the operator's decision, not the client's.
+        return fields if request.user.is_superuser else [*fields, "is_active"]
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        # Sites (CORS origins), the key and the active switch take effect on every node now.
+        transaction.on_commit(partial(manifest_publish, client_id=form.instance.pk))
 
     def get_queryset(self, request):
         queryset = super().get_queryset(request)

@@ -7,9 +7,11 @@ and set `client` themselves for non-superusers. Roles come from the user's Membe
 
 from __future__ import annotations
 
+from functools import partial
+
 from django import forms
 from django.contrib import admin
-from django.db import models
+from django.db import models, transaction
 from django.http import HttpRequest
 
 from coremetrics.models import Client, Membership
@@ -39,6 +41,10 @@ def is_editor(request: HttpRequest) -> bool:
     return membership is not None and membership.role in EDITOR_ROLES
 
 
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
 def _has_client(model: type[models.Model]) -> bool:
     return any(field.name == "client" for field in model._meta.get_fields())
 
@@ -58,9 +64,9 @@ class TenantForm(forms.ModelForm):
         foreign = [
             name
             for name, value in cleaned.items()
-            # A row without a client yet is the unsaved parent of an inline: it takes ours.
             if isinstance(value, models.Model)
             and _has_client(type(value))
+            # A row without a client yet is the unsaved parent of an inline: it takes ours.
             and getattr(value, "client_id", None) is not None
             and getattr(value, "client_id", None) != client.pk
         ]
@@ -148,10 +154,32 @@ class TenantAdmin(TenantScoped, admin.ModelAdmin):
         except Exception:
             return False
 
+    # Set on the admins of rows a lookup table is built from: a change there queues a rebuild
+    # of the client's tables (and so a new manifest) once the change is committed.
+    rebuilds_tables = False
+
     def save_model(self, request, obj, form, change):
         if not request.user.is_superuser:
             obj.client = client_of(request)
         super().save_model(request, obj, form, change)
+        self._tables_rebuild([obj.client_id])
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        self._tables_rebuild([obj.client_id])
+
+    def delete_queryset(self, request, queryset):
+        client_ids = list(queryset.values_list("client_id", flat=True).distinct())
+        super().delete_queryset(request, queryset)
+        self._tables_rebuild(client_ids)
+
+    def _tables_rebuild(self, client_ids) -> None:
+        if not self.rebuilds_tables:
+            return
+        from segmentation.tasks import build_tables
+
+        for client_id in set(client_ids):
+            transaction.on_commit(partial(build_tables.delay, client_id))
 
     def save_formset(self, request, form, formset, change):
         for inline_form in formset.forms:
@@ -166,7 +194,14 @@ class TenantInline(TenantScoped, admin.TabularInline):
     form = TenantForm
 
     def get_formset(self, request, obj=None, **kwargs):
-        client = obj.client if obj is not None else client_of(request)
+        if obj is not None:
+            client = obj.client
+        elif request.user.is_superuser:
+            # A superuser adding the parent picks its client in the same form.
+            client_id = _int_or_none(request.POST.get("client"))
+            client = Client.objects.filter(pk=client_id).first() if client_id else None
+        else:
+            client = client_of(request)
         form = type(self.form.__name__, (self.form,), {"tenant_client": client})
         return super().get_formset(request, obj, **{**kwargs, "form": form})
 

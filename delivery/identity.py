@@ -20,8 +20,8 @@ VISITOR_ID_RE = re.compile(r"[A-Za-z0-9_-]{20}\.[0-9a-f]{10}")
 SESSION_ID_RE = re.compile(r"[0-9a-f]{8,12}\.[0-9a-f]{12}")
 
 
-def _visitor_mac(token: str) -> str:
-    return salted_hmac("coremetrics.visitor", token).hexdigest()[:10]
+def _visitor_mac(token: str, secret: str | None = None) -> str:
+    return salted_hmac("coremetrics.visitor", token, secret=secret).hexdigest()[:10]
 
 
 def visitor_id_issue() -> str:
@@ -33,7 +33,9 @@ def visitor_id_is_valid(visitor_id: str) -> bool:
     if not VISITOR_ID_RE.fullmatch(visitor_id):
         return False
     token, mac = visitor_id.split(".")
-    return constant_time_compare(mac, _visitor_mac(token))
+    # Ids issued under a retired key stay valid while it is listed in SECRET_KEY_FALLBACKS.
+    secrets_known = [settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS]
+    return any(constant_time_compare(mac, _visitor_mac(token, secret)) for secret in secrets_known)
 
 
 def ip_truncate(ip: str) -> str:

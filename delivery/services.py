@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from datetime import datetime
 
 from campaigns.selectors import campaigns_active, content_answer
 from coremetrics.models import Client
+from delivery.models import Visitor
 from delivery.tables import store_get
 from segmentation.selectors import table_versions_serving
 
@@ -40,6 +43,33 @@ def table_store(*, campaign_id: int, version: int, table: dict) -> None:
 
 def table_discard(*, campaign_id: int, version: int) -> None:
     store_get().table_delete(campaign_id, version)
+
+
+@dataclass(frozen=True)
+class VisitorSeen:
+    visitor_id: str
+    first_seen_at: datetime
+    last_seen_at: datetime
+    session_id: str
+
+
+def visitors_upsert(*, client_id: int, visitors: list[VisitorSeen]) -> None:
+    """Record issued visitor ids seen in events, with the server-side copy of their cookie (D5)."""
+    Visitor.objects.bulk_create(
+        [
+            Visitor(
+                client_id=client_id,
+                visitor_id=seen.visitor_id,
+                first_seen_at=seen.first_seen_at,
+                last_seen_at=seen.last_seen_at,
+                cookie_data={"visitor": seen.visitor_id, "session": seen.session_id},
+            )
+            for seen in visitors
+        ],
+        update_conflicts=True,
+        unique_fields=["client", "visitor_id"],
+        update_fields=["first_seen_at", "last_seen_at", "cookie_data"],
+    )
 
 
 def _dumps(data: dict) -> bytes:

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from functools import cache
@@ -156,25 +155,42 @@ class _Entry:
     view: ClientView | None
     checked_at: float
     tables: dict[tuple[int, int], Table] = field(default_factory=dict)
+    # False while a table the manifest names could not be read: the next check tries again.
+    is_complete: bool = True
 
 
 class LocalTables:
     """A node's in-memory copy of the published manifests and tables."""
 
+    # Keys that named no client are remembered (bounded) so that a flood of made-up keys costs
+    # one store read per key and refresh interval, and no memory beyond this many entries.
+    MAX_MISSES = 10_000
+
     def __init__(self, store: TableStore, refresh_seconds: float):
         self._store = store
         self._refresh_seconds = refresh_seconds
         self._entries: dict[str, _Entry] = {}
-        self._lock = threading.Lock()
+        self._misses: dict[str, float] = {}
 
     def client(self, public_key: str) -> ClientView | None:
-        entry = self._entries.get(public_key)
         now = time.monotonic()
+        entry = self._entries.get(public_key)
         if entry is not None and now - entry.checked_at < self._refresh_seconds:
             return entry.view
-        with self._lock:
-            entry = self._refresh(public_key, self._entries.get(public_key), now)
+        missed_at = self._misses.get(public_key)
+        if missed_at is not None and now - missed_at < self._refresh_seconds:
+            return None
+        # Two threads may refresh one key at once; both compute the same entry, and the dict
+        # assignment is atomic, so no lock is held across the store read.
+        entry = self._refresh(public_key, entry, now)
+        if entry.view is None:
+            self._entries.pop(public_key, None)
+            if len(self._misses) >= self.MAX_MISSES:
+                self._misses.clear()
+            self._misses[public_key] = now
+        else:
             self._entries[public_key] = entry
+            self._misses.pop(public_key, None)
         return entry.view
 
     def _refresh(self, public_key: str, entry: _Entry | None, now: float) -> _Entry:
@@ -187,33 +203,43 @@ class LocalTables:
                 entry.checked_at = now
                 return entry
             return _Entry(raw=None, view=None, checked_at=now)
-        if entry is not None and raw == entry.raw:
+        if entry is not None and raw == entry.raw and entry.is_complete:
             entry.checked_at = now
             return entry
         if raw is None:
             return _Entry(raw=None, view=None, checked_at=now)
         held = entry.tables if entry is not None else {}
         try:
-            view, tables = self._load(json.loads(raw), held)
+            view, tables, is_complete = self._load(json.loads(raw), held)
         except Exception:
             logger.exception("could not load the published tables of %s", public_key)
             if entry is not None:
                 entry.checked_at = now
                 return entry
             return _Entry(raw=None, view=None, checked_at=now)
-        return _Entry(raw=raw, view=view, checked_at=now, tables=tables)
+        return _Entry(raw=raw, view=view, checked_at=now, tables=tables, is_complete=is_complete)
 
     def _load(
         self, manifest: dict, held: dict[tuple[int, int], Table]
-    ) -> tuple[ClientView, dict[tuple[int, int], Table]]:
+    ) -> tuple[ClientView, dict[tuple[int, int], Table], bool]:
         tables: dict[tuple[int, int], Table] = {}
         placements = {}
+        is_complete = True
         for key, placement in manifest["placements"].items():
             table = None
             if placement["version"] is not None:
                 ident = (placement["campaign_id"], placement["version"])
                 table = held.get(ident) or self._table_load(*ident)
-                tables[ident] = table
+                if table is None:
+                    # Keep serving the campaign's older version held, if any; else its default.
+                    is_complete = False
+                    table = max(
+                        (t for t in held.values() if t.campaign_id == ident[0]),
+                        key=lambda t: t.version,
+                        default=None,
+                    )
+                if table is not None:
+                    tables[(table.campaign_id, table.version)] = table
             placements[key] = PlacementView(
                 key=key,
                 campaign_id=placement["campaign_id"],
@@ -227,12 +253,16 @@ class LocalTables:
             origins=frozenset(manifest["origins"]),
             placements=placements,
         )
-        return view, tables
+        return view, tables, is_complete
 
-    def _table_load(self, campaign_id: int, version: int) -> Table:
+    def _table_load(self, campaign_id: int, version: int) -> Table | None:
         raw = self._store.table_get(campaign_id, version)
         if raw is None:
-            raise LookupError(f"table {campaign_id} v{version} is named but missing")
+            # Only this campaign falls back to its default; the client's others still serve.
+            logger.error(
+                "table %s v%s is named but missing", campaign_id, version
+            )
+            return None
         data = json.loads(raw)
         return Table(
             campaign_id=campaign_id,

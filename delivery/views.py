@@ -15,8 +15,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
-from aggregation.records import delivery_record
-from aggregation.spool import spool_append
+from aggregation.services import deliveries_spool
 from delivery.answers import placements_answer
 from delivery.identity import (
     ip_truncate,
@@ -25,20 +24,14 @@ from delivery.identity import (
     visitor_id_is_valid,
     visitor_id_issue,
 )
+from delivery.selectors import KEY_RE, QueryError, client_view_get
 from delivery.tables import ClientView, local_tables
 
 logger = logging.getLogger(__name__)
 
-KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
 PLACEMENT_RE = re.compile(r"[A-Za-z0-9_-]{1,60}")
 MAX_PLACEMENTS = 20
 MAX_URL = 2000
-
-
-class QueryError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def _error(error: QueryError) -> JsonResponse:
@@ -59,18 +52,6 @@ def _answer(request: HttpRequest, view: ClientView, data: dict) -> JsonResponse:
     return response
 
 
-def client_view_get(request: HttpRequest) -> ClientView:
-    key = request.GET.get("k", "")
-    if not key:
-        raise QueryError(400, "k (the client key) is required")
-    if not KEY_RE.fullmatch(key):
-        raise QueryError(400, "k is not a client key")
-    view = local_tables().client(key)
-    if view is None:
-        raise QueryError(404, "unknown client key")
-    return view
-
-
 def _text_param(request: HttpRequest, name: str) -> str:
     value = request.GET.get(name, "")
     if len(value) > MAX_URL:
@@ -82,7 +63,7 @@ def _text_param(request: HttpRequest, name: str) -> str:
 def query(request: HttpRequest) -> HttpResponse:
     """Which content this visitor sees in each placement asked for; records every answer."""
     try:
-        view = client_view_get(request)
+        view = client_view_get(key=request.GET.get("k", ""))
         visitor_id = request.GET.get("v", "")
         if not visitor_id:
             raise QueryError(400, "v (the visitor id) is required; get one from /d/v1/visitor")
@@ -115,28 +96,19 @@ def query(request: HttpRequest) -> HttpResponse:
     answers = placements_answer(
         view, visitor_id=visitor_id, placement_keys=list(dict.fromkeys(keys))
     )
-    at = timezone.now()
-    records = [
-        delivery_record(
+    try:
+        deliveries_spool(
             client_id=view.client_id,
             visitor_id=visitor_id,
             session_id=session_id,
-            placement_key=answer["placement"],
-            campaign_key=answer["campaign"],
-            content_id=answer["content"]["id"] if answer["content"] else None,
-            table_version=answer["version"],
+            answers=[answer for answer in answers if answer["campaign"] is not None],
             url=url,
             referrer=referrer,
-            at=at,
+            at=timezone.now(),
         )
-        for answer in answers
-        if answer["campaign"] is not None
-    ]
-    try:
-        spool_append(records)
     except OSError:
         # The visitor still gets an answer; the lost records are counted in the log.
-        logger.exception("could not spool %d delivery records", len(records))
+        logger.exception("could not spool %d delivery records", len(answers))
     return _answer(
         request,
         view,
@@ -154,7 +126,7 @@ def query(request: HttpRequest) -> HttpResponse:
 def visitor(request: HttpRequest) -> HttpResponse:
     """Issue a new visitor id and session id (D5, T2)."""
     try:
-        view = client_view_get(request)
+        view = client_view_get(key=request.GET.get("k", ""))
     except QueryError as error:
         return _error(error)
     visitor_id = visitor_id_issue()

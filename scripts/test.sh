@@ -33,6 +33,8 @@ bash scripts/services.sh start >/dev/null
 # shellcheck source=/dev/null
 source var/test-services/env
 export DATABASE_URL REDIS_URL
+# Production must set its own; the run uses a throwaway one (manage.py and mypy load settings).
+export SECRET_KEY=${SECRET_KEY:-test-secret-key-not-for-production-xxxxxxxxxxxxxxxxxxxx}
 mkdir -p "$OUT_DIR"
 
 STEP_NAMES=()

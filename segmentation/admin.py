@@ -17,6 +17,7 @@ class SegmentForm(TenantForm):
 
 @admin.register(Segment)
 class SegmentAdmin(TenantAdmin):
+    rebuilds_tables = True
     form = SegmentForm
     list_display = ["name", "client", "updated_at"]
     search_fields = ["name"]

@@ -41,6 +41,7 @@ class TableVersion(models.Model):
     visitor_count = models.PositiveIntegerField(default=0)
     content_counts = models.JSONField(default=dict, blank=True)
     segment_counts = models.JSONField(default=dict, blank=True)
+    checksum = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the table.")
     error = models.TextField(blank=True)
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)

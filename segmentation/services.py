@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections import Counter
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
@@ -18,6 +21,7 @@ from campaigns.selectors import (
     content_answer,
 )
 from coremetrics.models import Client
+from coremetrics.selectors import clients_all
 from delivery.services import manifest_publish, table_discard, table_store
 from segmentation.models import Segment, TableVersion
 from segmentation.rules import RuleError, rule_compile, rule_validate
@@ -31,8 +35,45 @@ def segment_audience_count(*, segment: Segment) -> int:
     return profiles_matching(client_id=segment.client_id, condition=condition).count()
 
 
+@dataclass
+class TableContent:
+    contents: dict[int, dict | None]
+    visitors: dict[str, int]
+    segment_counts: dict[str, int]
+
+    @property
+    def checksum(self) -> str:
+        body = json.dumps([sorted(self.contents.items()), sorted(self.visitors.items())])
+        return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _table_compute(campaign) -> TableContent:
+    """Who gets what: per attachment, by priority, one query for the segment's visitors."""
+    table = TableContent(contents={}, visitors={}, segment_counts={})
+    if campaign.default_content is not None:
+        table.contents[campaign.default_content.pk] = content_answer(campaign.default_content)
+    for attachment in attachments_for_campaign(campaign_id=campaign.pk):
+        try:
+            condition = rule_compile(rule_validate(attachment.segment.rule))
+        except RuleError as error:
+            raise RuleError([f"segment {attachment.segment}: {e}" for e in error.errors]) from None
+        visitor_ids = profiles_matching(
+            client_id=campaign.client_id, condition=condition
+        ).values_list("visitor_id", flat=True)
+        matched = 0
+        for visitor_id in visitor_ids.iterator(chunk_size=5000):
+            matched += 1
+            table.visitors.setdefault(visitor_id, attachment.content_id)
+        table.segment_counts[attachment.segment.name] = matched
+        table.contents[attachment.content_id] = content_answer(attachment.content)
+    return table
+
+
 def table_build(*, campaign_id: int) -> TableVersion:
-    """Build the campaign's next table version and publish it; on failure the old one serves."""
+    """Build the campaign's next table version and publish it; on failure the old one serves.
+
+    Idempotent: when the table comes out as the one serving, no version is added.
+    """
     campaign = campaign_get(campaign_id=campaign_id)
     with transaction.atomic():
         # Serialises concurrent builds of one campaign so version numbers stay unique.
@@ -42,51 +83,24 @@ def table_build(*, campaign_id: int) -> TableVersion:
             client_id=campaign.client_id, campaign=campaign, number=number
         )
     try:
-        assignments: dict[str, int] = {}
-        segment_counts: dict[str, int] = {}
-        contents = {}
-        if campaign.default_content is not None:
-            contents[campaign.default_content.pk] = content_answer(campaign.default_content)
-        for attachment in attachments_for_campaign(campaign_id=campaign.pk):
-            try:
-                condition = rule_compile(rule_validate(attachment.segment.rule))
-            except RuleError as error:
-                raise RuleError(
-                    [f"segment {attachment.segment}: {e}" for e in error.errors]
-                ) from None
-            visitor_ids = profiles_matching(
-                client_id=campaign.client_id, condition=condition
-            ).values_list("visitor_id", flat=True)
-            matched = 0
-            for visitor_id in visitor_ids.iterator(chunk_size=5000):
-                matched += 1
-                assignments.setdefault(visitor_id, attachment.content_id)
-            segment_counts[attachment.segment.name] = matched
-            contents[attachment.content_id] = content_answer(attachment.content)
-        table = {
-            "campaign_id": campaign.pk,
-            "version": number,
-            "contents": {str(ident): answer for ident, answer in contents.items()},
-            "visitors": assignments,
-        }
-        table_store(campaign_id=campaign.pk, version=number, table=table)
-        names = {ident: answer["name"] for ident, answer in contents.items() if answer}
-        with transaction.atomic():
-            # Manifests of one client are written one at a time, each from committed state,
-            # so two campaigns publishing at once cannot undo each other's switch.
-            Client.objects.select_for_update().filter(pk=campaign.client_id).first()
-            TableVersion.objects.filter(
-                campaign=campaign, status=TableVersion.Status.PUBLISHED
-            ).update(status=TableVersion.Status.SUPERSEDED)
-            version.status = TableVersion.Status.PUBLISHED
-            version.visitor_count = len(assignments)
-            version.segment_counts = segment_counts
-            version.content_counts = {
-                names[ident]: count for ident, count in Counter(assignments.values()).items()
-            }
-            version.finished_at = version.published_at = timezone.now()
-            version.save()
-            manifest_publish(client_id=campaign.client_id)
+        table = _table_compute(campaign)
+        serving = TableVersion.objects.filter(
+            campaign=campaign, status=TableVersion.Status.PUBLISHED
+        ).first()
+        if serving is not None and serving.checksum == table.checksum:
+            version.delete()
+            return serving
+        table_store(
+            campaign_id=campaign.pk,
+            version=number,
+            table={
+                "campaign_id": campaign.pk,
+                "version": number,
+                "contents": {str(ident): answer for ident, answer in table.contents.items()},
+                "visitors": table.visitors,
+            },
+        )
+        _publish(version, table)
     except Exception as error:
         logger.exception("table build of campaign %s failed", campaign.pk)
         version.status = TableVersion.Status.FAILED
@@ -97,6 +111,38 @@ def table_build(*, campaign_id: int) -> TableVersion:
         return version
     _prune(campaign_id=campaign.pk)
     return version
+
+
+def _publish(version: TableVersion, table: TableContent) -> None:
+    names = {ident: answer["name"] for ident, answer in table.contents.items() if answer}
+    version.visitor_count = len(table.visitors)
+    version.segment_counts = table.segment_counts
+    version.content_counts = {
+        names[ident]: count for ident, count in Counter(table.visitors.values()).items()
+    }
+    version.checksum = table.checksum
+    version.finished_at = timezone.now()
+    with transaction.atomic():
+        # Manifests of one client are written one at a time, each from committed state,
+        # so two campaigns publishing at once cannot undo each other's switch.
+        Client.objects.select_for_update().filter(pk=version.client_id).first()
+        newer = TableVersion.objects.filter(
+            campaign_id=version.campaign_id,
+            status=TableVersion.Status.PUBLISHED,
+            number__gt=version.number,
+        )
+        if newer.exists():
+            # A build that started later has published already; ours is older news.
+            version.status = TableVersion.Status.SUPERSEDED
+            version.save()
+            return
+        TableVersion.objects.filter(
+            campaign_id=version.campaign_id, status=TableVersion.Status.PUBLISHED
+        ).update(status=TableVersion.Status.SUPERSEDED)
+        version.status = TableVersion.Status.PUBLISHED
+        version.published_at = version.finished_at
+        version.save()
+        manifest_publish(client_id=version.client_id)
 
 
 def _prune(*, campaign_id: int) -> None:
@@ -111,7 +157,11 @@ def _prune(*, campaign_id: int) -> None:
 
 
 def tables_build(*, client_id: int | None = None) -> list[TableVersion]:
-    """Build every active campaign's table (of one client, or of all clients)."""
-    return [
+    """Build every active campaign's table (of one client, or of all clients), and publish
+    every client's manifest, so that deactivated clients and campaigns stop serving."""
+    versions = [
         table_build(campaign_id=campaign.pk) for campaign in campaigns_active(client_id=client_id)
     ]
+    for client in clients_all(client_id=client_id):
+        manifest_publish(client_id=client.pk)
+    return versions

@@ -59,7 +59,7 @@ def test_batch_is_spooled_whole(client, key):
 
     response = _post(client, key, _batch(events))
 
-    assert (response.status_code, response.json()) == (202, {"accepted": 3})
+    assert (response.status_code, response.json()) == (202, {"accepted": 3, "rejected": []})
     records = _spooled()
     assert [record["event_id"] for record in records] == [event["id"] for event in events]
     purchase = records[2]
@@ -94,16 +94,42 @@ def test_invalid_batch_is_refused_with_reasons_and_nothing_spooled(client, key, 
     assert _spooled() == []
 
 
-def test_one_invalid_event_refuses_the_batch_and_names_it(client, key):
+def test_valid_events_are_kept_and_each_refused_one_is_named(client, key):
     events = [_event(), _event(type="purchase"), _event(value=True, type="cart_add")]
 
     response = _post(client, key, _batch(events))
 
-    assert response.status_code == 400
+    assert response.status_code == 202
     assert response.json() == {
-        "error": "invalid events",
-        "errors": ["events[1]: a purchase needs a value", "events[2]: value must be a number"],
+        "accepted": 1,
+        "rejected": [
+            {"index": 1, "id": events[1]["id"], "error": "a purchase needs a value"},
+            {"index": 2, "id": events[2]["id"], "error": "value must be a number"},
+        ],
     }
+    assert [record["event_id"] for record in _spooled()] == [events[0]["id"]]
+
+
+def test_batch_with_no_valid_event_is_refused_and_nothing_spooled(client, key):
+    events = [_event(type="teleport"), "not an event"]
+
+    response = _post(client, key, _batch(events))
+
+    assert (response.status_code, response.json()) == (
+        400,
+        {
+            "error": "invalid events",
+            "rejected": [
+                {
+                    "index": 0,
+                    "id": events[0]["id"],
+                    "error": "type must be one of page_view, product_view, cart_add, "
+                    "cart_remove, purchase, custom",
+                },
+                {"index": 1, "id": None, "error": "must be an object"},
+            ],
+        },
+    )
     assert _spooled() == []
 
 

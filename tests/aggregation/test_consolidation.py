@@ -7,7 +7,7 @@ import pytest
 import redis
 from django.conf import settings as django_settings
 
-from aggregation import services
+from aggregation import services, spool
 from aggregation.models import ConsolidationRun, Event, Profile
 from aggregation.records import delivery_record
 from aggregation.services import spool_consolidate
@@ -148,8 +148,9 @@ def test_bad_lines_go_to_dead_letter_with_reason(shopper):
     assert [line.split("\t")[0] for line in dead] == [
         "line 1: not JSON",
         "line 2: unknown type 'teleport'",
-        "line 0: unknown client 999999",
+        "line 3: unknown client 999999",
     ]
+    assert json.loads(dead[2].split("\t")[1])["client"] == 999999
     assert Event.objects.filter(client=client).count() == 3
 
 
@@ -164,12 +165,53 @@ def test_failure_mid_load_writes_nothing_and_next_run_loads_once(shopper, monkey
         patch.setattr(services, "profiles_rebuild", crash)
         failed = spool_consolidate()
 
-    assert (failed.status, failed.error) == ("failed", "RuntimeError: worker killed")
+    [name] = [path.name for path in spool_paths()["closed"].glob("*.jsonl")]
+    assert (failed.status, failed.error) == ("failed", f"{name}: RuntimeError: worker killed")
     assert Event.objects.count() == 0
-    assert len(list(spool_paths()["closed"].glob("*.jsonl"))) == 1
     again = spool_consolidate()
-    assert (again.status, again.loaded) == ("done", 4)
+    assert (again.status, again.loaded, again.client_ids) == ("done", 4, [client.pk])
     assert _profile(client, visitor_id) == EXPECTED_PROFILE
+    assert list(spool_paths()["closed"].iterdir()) == []
+
+
+def test_a_file_failing_again_and_again_is_quarantined_and_others_still_load(shopper, monkeypatch):
+    _, _, records = shopper
+    spool_append(records[:1])
+    spool.spool_seal_open()
+    [poison] = spool_paths()["closed"].glob("*.jsonl")
+    real_load = services.events_load
+
+    def load_failing_for_poison(*, records):
+        if records and records[0]["event_id"] == shopper[2][0]["event_id"]:
+            raise RuntimeError("cannot load")
+        return real_load(records=records)
+
+    monkeypatch.setattr(services, "events_load", load_failing_for_poison)
+    runs = [spool_consolidate() for _ in range(services.MAX_FILE_ATTEMPTS)]
+    spool_append(records[1:])
+    healthy = spool_consolidate()
+
+    assert [run.status for run in runs] == ["failed"] * services.MAX_FILE_ATTEMPTS
+    assert list(spool_paths()["quarantine"].iterdir()) == [
+        spool_paths()["quarantine"] / poison.name
+    ]
+    assert (healthy.status, healthy.loaded) == ("done", 3)
+
+
+def test_a_second_consolidation_while_one_runs_is_skipped(shopper):
+    _, _, records = shopper
+    spool_append(records)
+
+    with services.consolidation_lock() as is_acquired:
+        skipped = spool_consolidate()
+
+    assert is_acquired is True
+    assert (skipped.status, skipped.loaded, skipped.error) == (
+        "skipped",
+        0,
+        "another consolidation was running",
+    )
+    assert spool_consolidate().loaded == 4
 
 
 def test_consolidate_task_queues_table_rebuild_only_when_new_data(shopper, on_commit):
@@ -184,7 +226,9 @@ def test_consolidate_task_queues_table_rebuild_only_when_new_data(shopper, on_co
 
     assert (result["loaded"], nothing_new["loaded"]) == (4, 0)
     messages = [json.loads(raw) for raw in queue.lrange("celery", 0, -1)]
-    assert [message["headers"]["task"] for message in messages] == ["segmentation.build_tables"]
+    assert [
+        (message["headers"]["task"], message["headers"]["argsrepr"]) for message in messages
+    ] == [("segmentation.build_tables", f"({shopper[0].pk},)")]
     assert ConsolidationRun.objects.count() == 2
 
 

@@ -46,7 +46,13 @@ def clock(monkeypatch):
 def test_writer_creates_the_spool_directories(root):
     SpoolWriter(root, 1024, 60)
 
-    assert sorted(path.name for path in root.iterdir()) == ["archive", "closed", "dead", "open"]
+    assert sorted(path.name for path in root.iterdir()) == [
+        "archive",
+        "closed",
+        "dead",
+        "open",
+        "quarantine",
+    ]
 
 
 def test_append_writes_one_json_line_per_record(root):

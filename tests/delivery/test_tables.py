@@ -243,12 +243,12 @@ def test_local_tables_without_a_copy_answers_none_while_redis_is_unreachable():
 def test_local_tables_keeps_the_previous_view_when_a_named_table_is_missing(store):
     local = LocalTables(store, 0)
     _publish(store, 1)
-    held = local.client(PUBLIC_KEY)
+    local.client(PUBLIC_KEY)
 
     store.manifest_put(PUBLIC_KEY, _manifest(2))
 
-    assert local.client(PUBLIC_KEY) is held
-    assert local.client(PUBLIC_KEY) is held
+    assert _served(local.client(PUBLIC_KEY)) == 1
+    assert _served(local.client(PUBLIC_KEY)) == 1
 
     store.table_put(CAMPAIGN_ID, 2, _table(2))
 
@@ -265,10 +265,13 @@ def test_local_tables_keeps_the_previous_view_when_the_manifest_is_unreadable(st
     assert local.client(PUBLIC_KEY) is held
 
 
-def test_local_tables_first_load_of_a_manifest_naming_a_missing_table_answers_none(store):
+def test_local_tables_first_load_of_a_manifest_naming_a_missing_table_serves_default(store):
     store.manifest_put(PUBLIC_KEY, _manifest(1))
 
-    assert LocalTables(store, 0).client(PUBLIC_KEY) is None
+    view = LocalTables(store, 0).client(PUBLIC_KEY)
+
+    [placement] = view.placements.values()
+    assert (placement.table, placement.default) == (None, DEFAULT)
 
 
 def test_local_tables_reuses_a_held_table_when_only_the_manifest_changes(store):

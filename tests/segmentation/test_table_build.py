@@ -89,9 +89,20 @@ def test_failed_build_leaves_the_current_version_serving(campaign):
     assert _served(campaign, visitor.visitor_id) == ("buyer", "table", 1)
 
 
+def test_building_again_with_nothing_changed_adds_no_version(campaign):
+    ProfileFactory(client=campaign.client, purchases=1)
+    first = table_build(campaign_id=campaign.pk)
+
+    again = table_build(campaign_id=campaign.pk)
+
+    assert again == first
+    assert list(campaign.table_versions.values_list("number", "status")) == [(1, "published")]
+
+
 def test_only_the_newest_versions_are_kept_in_the_store(campaign, settings):
     settings.TABLE_VERSIONS_KEPT = 2
     for _ in range(5):
+        ProfileFactory(client=campaign.client, purchases=1)  # each build has a new buyer
         table_build(campaign_id=campaign.pk)
 
     stored = [store_get().table_get(campaign.pk, number) is not None for number in range(1, 6)]
