@@ -259,9 +259,7 @@ class LocalTables:
         raw = self._store.table_get(campaign_id, version)
         if raw is None:
             # Only this campaign falls back to its default; the client's others still serve.
-            logger.error(
-                "table %s v%s is named but missing", campaign_id, version
-            )
+            logger.error("table %s v%s is named but missing", campaign_id, version)
             return None
         data = json.loads(raw)
         return Table(
