@@ -10,8 +10,11 @@ class Event(models.Model):
         DELIVERY = "delivery", "Delivery"
         PAGE_VIEW = "page_view", "Page view"
         PRODUCT_VIEW = "product_view", "Product view"
+        CATEGORY_VIEW = "category_view", "Category view"
+        SEARCH = "search", "Search"
         CART_ADD = "cart_add", "Cart add"
         CART_REMOVE = "cart_remove", "Cart remove"
+        CHECKOUT = "checkout", "Checkout"
         PURCHASE = "purchase", "Purchase"
         CUSTOM = "custom", "Custom"
 
@@ -29,6 +32,7 @@ class Event(models.Model):
     content_id = models.BigIntegerField(null=True, blank=True)
     table_version = models.PositiveIntegerField(null=True, blank=True)
     product_id = models.CharField(max_length=100, blank=True)
+    category = models.CharField(max_length=100, blank=True)
     order_id = models.CharField(max_length=100, blank=True)
     value = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
     currency = models.CharField(max_length=3, blank=True)

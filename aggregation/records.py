@@ -19,12 +19,23 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 
-TRACKED_TYPES = ("page_view", "product_view", "cart_add", "cart_remove", "purchase", "custom")
+TRACKED_TYPES = (
+    "page_view",
+    "product_view",
+    "category_view",
+    "search",
+    "cart_add",
+    "cart_remove",
+    "checkout",
+    "purchase",
+    "custom",
+)
 RECORD_TYPES = ("delivery", *TRACKED_TYPES)
 TEXT_LIMITS = {
     "url": 2000,
     "referrer": 2000,
     "product_id": 100,
+    "category": 100,
     "order_id": 100,
     "email": 254,
     "campaign_key": 60,
@@ -98,6 +109,32 @@ def _properties(raw: Any) -> dict:
     return raw
 
 
+MAX_ITEMS = 50
+
+
+def _items(raw: Any) -> list[dict]:
+    """The lines of an order: product id, quantity and unit price of each."""
+    if not isinstance(raw, list) or len(raw) > MAX_ITEMS:
+        raise RecordError(f"items must be a list of at most {MAX_ITEMS} items")
+    items = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise RecordError(f"items[{index}] must be an object")
+        quantity = item.get("quantity", 1)
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or not 0 < quantity <= 10000:
+            raise RecordError(f"items[{index}].quantity must be a whole number from 1 to 10000")
+        try:
+            product_id = _text(item, "product_id", TEXT_LIMITS["product_id"])
+        except RecordError as error:
+            raise RecordError(f"items[{index}].{error}") from None
+        try:
+            price = _value(item.get("price", 0))
+        except RecordError:
+            raise RecordError(f"items[{index}].price must be between 0 and {MAX_VALUE}") from None
+        items.append({"product_id": product_id, "quantity": quantity, "price": price})
+    return items
+
+
 def timestamp_ms(raw: Any, name: str) -> float:
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise RecordError(f"{name} must be milliseconds since the epoch")
@@ -144,6 +181,14 @@ def event_from_tag(
     value = _value(event.get("value"))
     if kind == "purchase" and value is None:
         raise RecordError("a purchase needs a value")
+    properties = _properties(event.get("properties"))
+    if kind == "search":
+        query = _text(event, "query", 200)
+        if not query:
+            raise RecordError("a search needs a query")
+        properties = {**properties, "query": query}
+    if event.get("items") is not None:
+        properties = {**properties, "items": _items(event["items"])}
     return {
         "event_id": event_id,
         "client": client_id,
@@ -159,11 +204,12 @@ def event_from_tag(
         "content_id": None,
         "table_version": None,
         "product_id": _text(event, "product_id", TEXT_LIMITS["product_id"]),
+        "category": _text(event, "category", TEXT_LIMITS["category"]),
         "order_id": _text(event, "order_id", TEXT_LIMITS["order_id"]),
         "value": value,
         "currency": currency,
         "email": email,
-        "properties": _properties(event.get("properties")),
+        "properties": properties,
     }
 
 
@@ -196,6 +242,7 @@ def delivery_record(
         "content_id": content_id,
         "table_version": table_version,
         "product_id": "",
+        "category": "",
         "order_id": "",
         "value": None,
         "currency": "",

@@ -1,3 +1,4 @@
+import gzip
 from functools import partial
 
 from django.conf import settings
@@ -7,7 +8,7 @@ from django.db import transaction
 from coremetrics.models import Client, Membership, Site
 from coremetrics.tenancy import client_of, membership_of
 from delivery.services import manifest_publish
-from delivery.tag import tag_snippet
+from delivery.tag import tag_body, tag_config, tag_snippet
 
 admin.site.site_header = "coremetrics console"
 admin.site.site_title = "coremetrics"
@@ -31,9 +32,22 @@ class ClientAdmin(admin.ModelAdmin):
         client = self.get_object(request, object_id)
         if client is not None:
             base = settings.PUBLIC_BASE_URL or request.build_absolute_uri("/")
+            pinned = tag_body(
+                tag_config(
+                    public_key=client.public_key,
+                    cookie_domain=client.cookie_domain,
+                    consent_mode=client.consent_mode,
+                    timeout_ms=client.tag_timeout_ms,
+                )
+            )
             extra_context = {
                 **(extra_context or {}),
                 "snippet": tag_snippet(base_url=base, public_key=client.public_key),
+                "pinned_snippet": tag_snippet(
+                    base_url=base, public_key=client.public_key, pinned=pinned
+                ),
+                "tag": pinned,
+                "tag_gzip_bytes": len(gzip.compress(pinned.body, 9)),
             }
         return super().change_view(request, object_id, form_url, extra_context)
 

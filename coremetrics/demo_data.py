@@ -178,6 +178,7 @@ def _record(client_id, visitor_id, session_id, kind, moment, fields) -> dict:
         "content_id": None,
         "table_version": None,
         "product_id": fields.get("product_id", ""),
+        "category": fields.get("category", ""),
         "order_id": fields.get("order_id", ""),
         "value": fields.get("value"),
         "currency": "USD" if "value" in fields else "",

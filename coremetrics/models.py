@@ -2,6 +2,7 @@ import secrets
 import zoneinfo
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 
@@ -23,7 +24,26 @@ class Client(models.Model):
         default=public_key_generate,
         help_text="Names the client in the tag and in queries; public, not a secret.",
     )
+
+    class ConsentMode(models.TextChoices):
+        IMPLIED = "implied", "Track unless the visitor declines (or sends GPC / Do-Not-Track)"
+        REQUIRED = "required", "Store and send nothing until the visitor consents"
+
     timezone = models.CharField(max_length=64, choices=TIMEZONE_CHOICES, default="UTC")
+    consent_mode = models.CharField(
+        max_length=10, choices=ConsentMode.choices, default=ConsentMode.IMPLIED
+    )
+    cookie_domain = models.CharField(
+        max_length=253,
+        blank=True,
+        help_text="Domain of the visitor cookie, e.g. shop.example for all its subdomains; "
+        "empty: the widest domain the browser accepts.",
+    )
+    tag_timeout_ms = models.PositiveIntegerField(
+        default=1500,
+        validators=[MinValueValidator(100), MaxValueValidator(10000)],
+        help_text="Placements keep their default content if no answer comes within this time.",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

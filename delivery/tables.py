@@ -147,6 +147,7 @@ class ClientView:
     public_key: str
     origins: frozenset[str]
     placements: dict[str, PlacementView]
+    tag: dict[str, Any]
 
 
 @dataclass
@@ -252,6 +253,7 @@ class LocalTables:
             public_key=manifest["public_key"],
             origins=frozenset(manifest["origins"]),
             placements=placements,
+            tag=manifest["tag"],
         )
         return view, tables, is_complete
 

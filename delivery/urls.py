@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from delivery import views
 
@@ -7,5 +7,9 @@ app_name = "delivery"
 urlpatterns = [
     path("d/v1/query", views.query, name="query"),
     path("d/v1/visitor", views.visitor, name="visitor-issue"),
-    path("t/v1/<str:public_key>.js", views.tag, name="tag"),
+    re_path(
+        r"^t/v1/(?P<public_key>[A-Za-z0-9_-]{1,40})(?:\.(?P<version>[0-9a-f]{12}))?\.js$",
+        views.tag,
+        name="tag",
+    ),
 ]

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
-from functools import cache
-from pathlib import Path
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -24,8 +20,9 @@ from delivery.identity import (
     visitor_id_is_valid,
     visitor_id_issue,
 )
-from delivery.selectors import KEY_RE, QueryError, client_view_get
+from delivery.selectors import QueryError, client_view_get
 from delivery.tables import ClientView, local_tables
+from delivery.tag import tag_body
 
 logger = logging.getLogger(__name__)
 
@@ -59,21 +56,39 @@ def _text_param(request: HttpRequest, name: str) -> str:
     return value
 
 
+def _privacy_signal(request: HttpRequest) -> bool:
+    """Global Privacy Control (the Sec-GPC header): nothing is issued or recorded."""
+    return request.headers.get("Sec-GPC") == "1"
+
+
+def _placement_keys(request: HttpRequest) -> list[str]:
+    keys = [key for key in request.GET.get("p", "").split(",") if key]
+    if len(keys) > MAX_PLACEMENTS:
+        raise QueryError(400, f"p names more than {MAX_PLACEMENTS} placements")
+    if any(not PLACEMENT_RE.fullmatch(key) for key in keys):
+        raise QueryError(400, "p must be placement keys (letters, digits, - and _)")
+    return list(dict.fromkeys(keys))
+
+
 @require_GET
 def query(request: HttpRequest) -> HttpResponse:
-    """Which content this visitor sees in each placement asked for; records every answer."""
+    """Which content this visitor sees in each placement asked for; records every answer.
+
+    With a=1 (no consent, or Global Privacy Control) the answer is each campaign's default,
+    for no visitor, and nothing is recorded.
+    """
     try:
         view = client_view_get(key=request.GET.get("k", ""))
+        keys = _placement_keys(request)
+        if request.GET.get("a") == "1" or _privacy_signal(request):
+            answers = placements_answer(view, visitor_id="", placement_keys=keys)
+            data = {"client": view.public_key, "visitor": None, "session": None}
+            return _answer(request, view, {**data, "placements": answers})
         visitor_id = request.GET.get("v", "")
         if not visitor_id:
             raise QueryError(400, "v (the visitor id) is required; get one from /d/v1/visitor")
         if not visitor_id_is_valid(visitor_id):
             raise QueryError(400, "v is not a visitor id issued by this server")
-        keys = [key for key in request.GET.get("p", "").split(",") if key]
-        if len(keys) > MAX_PLACEMENTS:
-            raise QueryError(400, f"p names more than {MAX_PLACEMENTS} placements")
-        if any(not PLACEMENT_RE.fullmatch(key) for key in keys):
-            raise QueryError(400, "p must be placement keys (letters, digits, - and _)")
         idle = request.GET.get("i")
         try:
             idle_seconds = None if idle is None else float(idle)
@@ -93,9 +108,7 @@ def query(request: HttpRequest) -> HttpResponse:
             ip=ip_truncate(request.META.get("REMOTE_ADDR", "")),
             now=now,
         )
-    answers = placements_answer(
-        view, visitor_id=visitor_id, placement_keys=list(dict.fromkeys(keys))
-    )
+    answers = placements_answer(view, visitor_id=visitor_id, placement_keys=keys)
     try:
         deliveries_spool(
             client_id=view.client_id,
@@ -109,16 +122,8 @@ def query(request: HttpRequest) -> HttpResponse:
     except OSError:
         # The visitor still gets an answer; the lost records are counted in the log.
         logger.exception("could not spool %d delivery records", len(answers))
-    return _answer(
-        request,
-        view,
-        {
-            "client": view.public_key,
-            "visitor": visitor_id,
-            "session": session_id,
-            "placements": answers,
-        },
-    )
+    data = {"client": view.public_key, "visitor": visitor_id, "session": session_id}
+    return _answer(request, view, {**data, "placements": answers})
 
 
 @csrf_exempt
@@ -127,6 +132,8 @@ def visitor(request: HttpRequest) -> HttpResponse:
     """Issue a new visitor id and session id (D5, T2)."""
     try:
         view = client_view_get(key=request.GET.get("k", ""))
+        if _privacy_signal(request):
+            raise QueryError(403, "Global Privacy Control is on: no visitor id is issued")
     except QueryError as error:
         return _error(error)
     visitor_id = visitor_id_issue()
@@ -139,27 +146,27 @@ def visitor(request: HttpRequest) -> HttpResponse:
     return _answer(request, view, {"visitor": visitor_id, "session": session_id})
 
 
-@cache
-def _tag_source() -> str:
-    return (Path(settings.BASE_DIR) / "static" / "cm" / "tag.js").read_text()
-
-
 @require_GET
-def tag(request: HttpRequest, public_key: str) -> HttpResponse:
-    """The tag, configured for one client (T1)."""
-    if not KEY_RE.fullmatch(public_key) or local_tables().client(public_key) is None:
-        return HttpResponse(
-            "/* coremetrics: unknown client key */", status=404, content_type="text/javascript"
-        )
-    base = settings.PUBLIC_BASE_URL or request.build_absolute_uri("/").rstrip("/")
-    config = {
-        "key": public_key,
-        "base": base,
-        "cookieDays": settings.VISITOR_COOKIE_DAYS,
-        "idleMinutes": settings.SESSION_IDLE_MINUTES,
-    }
-    body = f"var __cmConfig={json.dumps(config)};\n{_tag_source()}"
-    response = HttpResponse(body, content_type="text/javascript; charset=utf-8")
-    response["Cache-Control"] = "public, max-age=300"
+def tag(request: HttpRequest, public_key: str, version: str = "") -> HttpResponse:
+    """The tag, configured for one client (T1); a versioned address is cached for good."""
+    view = local_tables().client(public_key)
+    if view is None:
+        return _script("/* coremetrics: unknown client key */", status=404)
+    served = tag_body(view.tag)
+    if version and version != served.version:
+        return _script("/* coremetrics: tag version retired; paste the new snippet */", 404)
+    response = HttpResponse(served.body, content_type="text/javascript; charset=utf-8")
+    if version:
+        response["Cache-Control"] = "public, max-age=31536000, immutable"
+    else:
+        response["Cache-Control"] = "public, max-age=300, stale-while-revalidate=86400"
+    response["ETag"] = f'"{served.version}"'
+    # Subresource Integrity on another origin needs CORS; the tag holds nothing private.
     response["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+def _script(body: str, status: int) -> HttpResponse:
+    response = HttpResponse(body, status=status, content_type="text/javascript; charset=utf-8")
+    response["Cache-Control"] = "no-store"
     return response

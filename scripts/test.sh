@@ -84,6 +84,7 @@ step_smoke
 run_step "ruff check" "$RUFF" check .
 run_step "ruff format --check" "$RUFF" format --check .
 run_step "mypy" "$ROOT/.venv/bin/mypy"
+run_step "tag size budget" "$PY" bench/tag_size.py
 run_step "makemigrations --check" "$PY" manage.py makemigrations --check --dry-run
 
 failed=0

@@ -123,8 +123,8 @@ def test_batch_with_no_valid_event_is_refused_and_nothing_spooled(client, key):
                 {
                     "index": 0,
                     "id": events[0]["id"],
-                    "error": "type must be one of page_view, product_view, cart_add, "
-                    "cart_remove, purchase, custom",
+                    "error": "type must be one of page_view, product_view, category_view, "
+                    "search, cart_add, cart_remove, checkout, purchase, custom",
                 },
                 {"index": 1, "id": None, "error": "must be an object"},
             ],

@@ -19,6 +19,12 @@ VISITOR_ID = "AbCdEfGhIjKlMnOpQrSt.0123456789"
 SESSION_ID = "6b000000.0123456789ab"
 
 
+TYPE_ERROR = (
+    "type must be one of page_view, product_view, category_view, search, cart_add, "
+    "cart_remove, checkout, purchase, custom"
+)
+
+
 def _from_tag(event, *, sent_at_ms=SENT_AT_MS, received_at=RECEIVED_AT):
     return event_from_tag(
         event,
@@ -43,12 +49,15 @@ def test_event_from_tag_gives_the_full_record(kind):
         "url": "https://shop.example/shoes?size=42",
         "referrer": "https://www.google.com/",
         "product_id": "sku-42",
+        "category": "shoes",
+        "query": "trail shoes",
         "order_id": "order-9",
         "value": 19.9,
         "currency": "eur",
         "email": "  Ann@Example.com ",
         "properties": {"size": "M", "quantity": 2, "gift": True, "note": None},
     }
+    properties = {"size": "M", "quantity": 2, "gift": True, "note": None}
 
     assert _from_tag(event) == {
         "event_id": EVENT_ID,
@@ -65,16 +74,62 @@ def test_event_from_tag_gives_the_full_record(kind):
         "content_id": None,
         "table_version": None,
         "product_id": "sku-42",
+        "category": "shoes",
         "order_id": "order-9",
         "value": "19.90",
         "currency": "EUR",
         "email": "Ann@Example.com",
-        "properties": {"size": "M", "quantity": 2, "gift": True, "note": None},
+        "properties": {**properties, "query": "trail shoes"} if kind == "search" else properties,
     }
+
+
+def test_event_from_tag_keeps_the_lines_of_an_order():
+    items = [{"product_id": "driver", "quantity": 2, "price": 349}, {"product_id": "balls"}]
+
+    record = _from_tag(_event(type="purchase", value=698, items=items))
+
+    assert record["properties"] == {
+        "items": [
+            {"product_id": "driver", "quantity": 2, "price": "349.00"},
+            {"product_id": "balls", "quantity": 1, "price": "0.00"},
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("items", "error"),
+    [
+        ("driver", "items must be a list of at most 50 items"),
+        ([{}] * 51, "items must be a list of at most 50 items"),
+        (["driver"], "items[0] must be an object"),
+        (
+            [{"product_id": "a", "quantity": 0}],
+            "items[0].quantity must be a whole number from 1 to 10000",
+        ),
+        (
+            [{"product_id": "a", "price": -1}],
+            "items[0].price must be between 0 and 999999999999.99",
+        ),
+        ([{"product_id": 5}], "items[0].product_id must be a string"),
+    ],
+)
+def test_event_from_tag_refuses_bad_order_lines(items, error):
+    with pytest.raises(RecordError) as raised:
+        _from_tag(_event(type="checkout", items=items))
+
+    assert str(raised.value) == error
+
+
+def test_search_needs_its_query():
+    with pytest.raises(RecordError) as raised:
+        _from_tag(_event(type="search"))
+
+    assert str(raised.value) == "a search needs a query"
 
 
 def test_event_from_tag_fills_absent_fields_with_empty_values():
     assert _from_tag({"id": EVENT_ID, "type": "custom", "at": SENT_AT_MS, "url": None}) == {
+        "category": "",
         "event_id": EVENT_ID,
         "client": 7,
         "type": "custom",
@@ -133,11 +188,11 @@ def test_event_from_tag_applies_the_send_gap_to_the_server_clock(tag_clock, gap_
         ({"type": "page_view", "at": SENT_AT_MS}, "id must be a UUID"),
         (
             _event(type="delivery"),
-            "type must be one of page_view, product_view, cart_add, cart_remove, purchase, custom",
+            TYPE_ERROR,
         ),
         (
             _event(type=None),
-            "type must be one of page_view, product_view, cart_add, cart_remove, purchase, custom",
+            TYPE_ERROR,
         ),
         (_event(at="2026-11-01T12:00:00Z"), "at must be milliseconds since the epoch"),
         (_event(at=True), "at must be milliseconds since the epoch"),

@@ -208,14 +208,39 @@ def test_visitor_endpoint_issues_valid_unique_ids(client):
     assert client.post(reverse("delivery:visitor-issue") + "?k=cm_nobody").status_code == 404
 
 
-def test_tag_is_served_per_client_with_its_key(client):
-    campaign = CampaignFactory()
-    manifest_publish(client_id=campaign.client_id)
+def test_anonymous_query_answers_defaults_and_records_nothing(client, published, settings):
+    attachment, buyer = published
+    params = {"k": attachment.client.public_key, "a": "1", "p": attachment.campaign.placement.key}
 
-    response = client.get(reverse("delivery:tag", args=[campaign.client.public_key]))
-    unknown = client.get(reverse("delivery:tag", args=["cm_nobody"]))
+    response = client.get(QUERY, {**params, "v": buyer.visitor_id})
 
-    assert response.status_code == 200
-    assert response["Content-Type"] == "text/javascript; charset=utf-8"
-    assert f'"key": "{campaign.client.public_key}"' in response.content.decode()
-    assert unknown.status_code == 404
+    data = response.json()
+    assert (data["visitor"], data["session"]) == (None, None)
+    [answer] = data["placements"]
+    assert (answer["source"], answer["content"]["id"]) == (
+        "default",
+        attachment.campaign.default_content_id,
+    )
+    assert _spooled(settings) == []
+
+
+def test_global_privacy_control_header_gets_defaults_and_no_record(client, published, settings):
+    attachment, buyer = published
+    params = {
+        "k": attachment.client.public_key,
+        "v": buyer.visitor_id,
+        "p": attachment.campaign.placement.key,
+    }
+
+    response = client.get(QUERY, params, HTTP_SEC_GPC="1")
+    issue = client.post(
+        reverse("delivery:visitor-issue") + f"?k={attachment.client.public_key}", HTTP_SEC_GPC="1"
+    )
+
+    [answer] = response.json()["placements"]
+    assert (answer["source"], response.json()["visitor"]) == ("default", None)
+    assert (issue.status_code, issue.json()) == (
+        403,
+        {"error": "Global Privacy Control is on: no visitor id is issued"},
+    )
+    assert _spooled(settings) == []

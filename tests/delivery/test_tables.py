@@ -40,12 +40,16 @@ def _dumps(data):
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
 
+TAG = {"key": PUBLIC_KEY, "consent": "implied", "cookieDomain": "", "timeout": 1500}
+
+
 def _manifest(version, *, campaign_id=CAMPAIGN_ID):
     return _dumps(
         {
             "client_id": 3,
             "public_key": PUBLIC_KEY,
             "origins": ["https://shop.example", "https://www.shop.example"],
+            "tag": TAG,
             "placements": {
                 "hero": {
                     "campaign_id": campaign_id,
@@ -156,6 +160,7 @@ def test_local_tables_loads_manifest_and_table(store):
         client_id=3,
         public_key=PUBLIC_KEY,
         origins=frozenset({"https://shop.example", "https://www.shop.example"}),
+        tag=TAG,
         placements={
             "hero": PlacementView(
                 key="hero",
