@@ -63,9 +63,15 @@
       (domain ? "; domain=" + domain : "") + "; SameSite=Lax" + (location.protocol === "https:" ? "; Secure" : "");
   }
 
+  // Both the domain cookie and any host-only one of the same name (set by an older tag).
+  function cookieDelete(key) {
+    document.cookie = key + "=; path=/; max-age=0";
+    cookieSet(key, "", 0);
+  }
+
   function forget() {
-    cookieSet(VISITOR, "", 0);
-    cookieSet(SESSION, "", 0);
+    cookieDelete(VISITOR);
+    cookieDelete(SESSION);
     try { localStorage.removeItem(QUEUE); } catch (e) { /* storage denied */ }
     state.visitor = state.session = null;
     state.held = [];
@@ -225,7 +231,7 @@
           if (r.status === 400 && identified && /^v /.test(data.error) && !state.retried) {
             // An id this server no longer recognises (its key was retired): start afresh.
             state.retried = true;
-            cookieSet(VISITOR, "", 0);
+            cookieDelete(VISITOR);
             clearTimeout(timer);
             return identify().then(deliver);
           }
@@ -235,7 +241,8 @@
           return Promise.all(data.placements.map(function (answer) { return render(answer, deadline); }))
             .then(function () { if (!timedOut) { clearTimeout(timer); ready("1"); } });
         });
-      });
+      })
+      .catch(function (e) { clearTimeout(timer); throw e; });
   }
 
   function queueRead() {

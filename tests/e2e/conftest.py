@@ -3,6 +3,8 @@ import shutil
 
 import pytest
 
+from tests.e2e.sites import SiteServer
+
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = os.path.join(os.path.dirname(__file__), "..", "..", "var", "screenshots")
 
@@ -26,21 +28,44 @@ def browser():
                 "--disable-component-update",
                 "--disable-sync",
                 "--no-first-run",
+                # Every *.localhost name reaches the loopback site server (tests/e2e/sites.py).
+                "--host-resolver-rules=MAP *.localhost 127.0.0.1",
+                "--autoplay-policy=no-user-gesture-required",
             ],
         )
         yield browser
         browser.close()
 
 
+@pytest.fixture(scope="session")
+def sites():
+    server = SiteServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def page(browser):
-    context = browser.new_context()
-    page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    context.close()
+def new_page(browser):
+    """Pages in fresh browser contexts (options as Playwright's new_context); every test ends
+    by checking that no JavaScript error reached any of them."""
+    contexts, errors = [], []
+
+    def make(**options):
+        context = browser.new_context(**options)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def page(new_page):
+    return new_page()
 
 
 @pytest.fixture
