@@ -3,7 +3,7 @@ from functools import partial
 
 from django.conf import settings
 from django.contrib import admin
-from django.db import transaction
+from django.db import models, transaction
 
 from coremetrics.models import Client, Membership, Site
 from coremetrics.tenancy import client_of, membership_of
@@ -18,6 +18,7 @@ admin.site.index_title = "Personalization console"
 class SiteInline(admin.TabularInline):
     model = Site
     extra = 0
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
 @admin.register(Client)

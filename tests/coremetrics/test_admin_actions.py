@@ -179,3 +179,64 @@ def test_marketer_cannot_open_the_beat_schedule(client, marketer):
     response = client.get(reverse("admin:django_celery_beat_periodictask_changelist"))
 
     assert response.status_code == 403
+
+
+def test_viewer_cannot_run_build_tables_now(client, client_a, viewer, on_commit):
+    campaign = CampaignFactory(client=client_a)
+    url = reverse("admin:campaigns_campaign_changelist")
+
+    with on_commit():
+        response = client.post(
+            url, {"action": "build_tables_now", "_selected_action": [campaign.pk]}
+        )
+
+    assert response.status_code == 200
+    action_form = response.context["action_form"]
+    offered = [name for name, _ in action_form.fields["action"].choices] if action_form else []
+    assert "build_tables_now" not in offered
+    assert queued() == []
+
+
+def test_saving_a_segment_queues_a_rebuild_of_its_clients_tables(
+    client, client_a, marketer, on_commit
+):
+    url = reverse("admin:segmentation_segment_add")
+    rule = json.dumps({"field": "visits", "op": "gt", "value": 3})
+
+    with on_commit():
+        response = client.post(url, {"name": "Loyal", "description": "", "rule": rule})
+
+    assert response.status_code == 302
+    assert queued() == [("segmentation.build_tables", f"({client_a.pk},)")]
+
+
+def test_saving_a_client_publishes_its_manifest_at_once(client, superuser, on_commit):
+    from delivery.tables import local_tables
+    from tests.factories import ClientFactory
+
+    shop = ClientFactory()
+    url = reverse("admin:coremetrics_client_change", args=[shop.pk])
+    data = {
+        "name": shop.name,
+        "slug": shop.slug,
+        "timezone": "UTC",
+        "consent_mode": "required",
+        "cookie_domain": "",
+        "tag_timeout_ms": 1500,
+        "is_active": "on",
+        "sites-TOTAL_FORMS": "1",
+        "sites-INITIAL_FORMS": "0",
+        "sites-MIN_NUM_FORMS": "0",
+        "sites-MAX_NUM_FORMS": "1000",
+        "sites-0-origin": "https://portal.example",
+    }
+
+    with on_commit():
+        response = client.post(url, data)
+
+    assert response.status_code == 302
+    view = local_tables().client(shop.public_key)
+    assert (view.origins, view.tag["consent"]) == (
+        frozenset({"https://portal.example"}),
+        "required",
+    )
