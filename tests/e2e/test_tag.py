@@ -436,3 +436,25 @@ def test_a_visitor_id_the_server_does_not_know_is_replaced(live_server, sites, s
 
     assert _cookies(page)["_cmv"]["value"] != "made-up-id"
     assert page.locator("[data-cm-placement='hero'] img").count() == 1
+
+
+def test_session_is_kept_between_pages_and_renewed_by_a_new_campaign(
+    live_server, sites, shop, page
+):
+    path = _serve(sites, live_server, shop)
+    origin = sites.origin("shop.localhost")
+
+    def session_of(url: str) -> str:
+        with page.expect_response(lambda response: "/d/v1/query" in response.url) as answer:
+            page.goto(url)
+        _ready(page)
+        return answer.value.json()["session"]
+
+    first = session_of(origin + path)
+    same = session_of(origin + path + "?utm_campaign=spring")
+    still = session_of(origin + path + "?utm_campaign=spring")
+    renewed = session_of(origin + path + "?utm_campaign=autumn")
+
+    assert first != same  # arriving through a campaign starts its session
+    assert same == still
+    assert renewed not in (first, same)
