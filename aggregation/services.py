@@ -200,8 +200,10 @@ def _consolidate(run: ConsolidationRun, *, seal_open: bool) -> None:
 
 @contextmanager
 def consolidation_lock():
-    """Held by one consolidation at a time: an flock on the spool, and on PostgreSQL an
-    advisory lock, which also covers nodes that share one database but not one disk."""
+    """Held by one consolidation of this node's spool at a time (an flock on SPOOL_DIR).
+
+    Nodes consolidating their own spools at once is safe: profiles_rebuild locks each visitor.
+    """
     lock_path = Path(settings.SPOOL_DIR) / ".consolidate.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with lock_path.open("a") as handle:
@@ -211,23 +213,9 @@ def consolidation_lock():
             yield False
             return
         try:
-            if connection.vendor != "postgresql":
-                yield True
-                return
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_try_advisory_lock(%s)", [CONSOLIDATION_LOCK_ID])
-                is_acquired = cursor.fetchone()[0]
-            try:
-                yield is_acquired
-            finally:
-                if is_acquired:
-                    with connection.cursor() as cursor:
-                        cursor.execute("SELECT pg_advisory_unlock(%s)", [CONSOLIDATION_LOCK_ID])
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-CONSOLIDATION_LOCK_ID = 0x636D_636F  # "cmco"
 
 
 def _attempt_count(path: Path) -> None:
@@ -277,7 +265,9 @@ def spool_file_load(*, path: Path) -> FileResult:
         touched: dict[int, set[str]] = defaultdict(set)
         for record in records:
             touched[record["client"]].add(record["visitor_id"])
-        for client_id, visitor_ids in touched.items():
+        # Ascending clients, and within one client ascending lock keys (_visitors_lock): every
+        # run takes its locks in one global order, so two runs cannot deadlock.
+        for client_id, visitor_ids in sorted(touched.items()):
             result.profiles += profiles_rebuild(client_id=client_id, visitor_ids=visitor_ids)
     if result.loaded:
         result.client_ids = set(touched)
@@ -372,12 +362,33 @@ def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def _visitors_lock(client_id: int, visitor_ids: list[str]) -> None:
+    """Until commit, no other transaction recomputes these visitors' profiles.
+
+    Two consolidations (two nodes) loading events of one visitor would otherwise each compute
+    the profile without the other's uncommitted events, and the later write would lose them.
+    Taken in the order of their keys, so two runs cannot deadlock; a no-op on SQLite, which
+    has one writer at a time anyway.
+    """
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(key) FROM ("
+            "  SELECT DISTINCT hashtextextended(%s || ':' || v, 0) AS key"
+            "  FROM unnest(%s::text[]) AS v"
+            ") AS keys ORDER BY key",
+            [str(client_id), visitor_ids],
+        )
+
+
 def profiles_rebuild(*, client_id: int, visitor_ids: set[str]) -> int:
     """Recompute the profiles (and visitor rows) of these visitors from all their events."""
     now = timezone.now()
     idle = timedelta(minutes=settings.SESSION_IDLE_MINUTES)
     ordered = sorted(visitor_ids)
     written = 0
+    _visitors_lock(client_id, ordered)
     for start in range(0, len(ordered), PROFILE_BATCH):
         batch = ordered[start : start + PROFILE_BATCH]
         rows: dict[str, list[EventRow]] = defaultdict(list)
