@@ -1,9 +1,12 @@
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.http import HttpResponseRedirect
+from django.http import FileResponse, Http404, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from aggregation.models import ConsolidationRun, Event, Profile
+from aggregation.services import dead_letter_path, dead_letters
 from coremetrics.tenancy import ReadOnlyTenantAdmin
 
 
@@ -43,8 +46,37 @@ class ConsolidationRunAdmin(admin.ModelAdmin):
     change_list_template = "admin/aggregation/consolidationrun/change_list.html"
 
     def get_urls(self):
-        run_now = self.admin_site.admin_view(self.run_now)
-        return [path("run-now/", run_now, name="aggregation-consolidate-now"), *super().get_urls()]
+        view = self.admin_site.admin_view
+        return [
+            path("run-now/", view(self.run_now), name="aggregation-consolidate-now"),
+            path("dead-letters/", view(self.dead_letters), name="aggregation-dead-letters"),
+            path(
+                "dead-letters/<str:kind>/<str:name>",
+                view(self.dead_letter_download),
+                name="aggregation-dead-letter-download",
+            ),
+            *super().get_urls(),
+        ]
+
+    def dead_letters(self, request):
+        if not request.user.is_superuser:
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Dead letters and quarantined spool files",
+            "files": dead_letters(),
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/aggregation/dead_letters.html", context)
+
+    def dead_letter_download(self, request, kind, name):
+        if not request.user.is_superuser:
+            raise PermissionDenied
+        try:
+            path = dead_letter_path(kind=kind, name=name)
+        except FileNotFoundError:
+            raise Http404("no such file") from None
+        return FileResponse(path.open("rb"), as_attachment=True, filename=name)
 
     def run_now(self, request):
         if request.method == "POST" and request.user.is_superuser:

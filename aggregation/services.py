@@ -14,7 +14,7 @@ import tempfile
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -171,6 +171,7 @@ def spool_consolidate(*, seal_open: bool = True) -> ConsolidationRun:
 def _consolidate(run: ConsolidationRun, *, seal_open: bool) -> None:
     errors = []
     client_ids: set[int] = set()
+    archives_prune(now=timezone.now())
     if seal_open:
         spool.spool_seal_open()
     for path in spool.spool_closed_files():
@@ -196,6 +197,52 @@ def _consolidate(run: ConsolidationRun, *, seal_open: bool) -> None:
     run.client_ids = sorted(client_ids)
     run.status = ConsolidationRun.Status.FAILED if errors else ConsolidationRun.Status.DONE
     run.error = "\n".join(errors)
+
+
+def archives_prune(*, now: datetime) -> int:
+    """Delete archived spool files older than ARCHIVE_KEEP_DAYS, and archive temporaries left
+    by a run that was killed (only one run per spool is under way: consolidation_lock)."""
+    archive = spool.spool_paths()["archive"]
+    if not archive.is_dir():
+        return 0
+    for leftover in archive.glob(".*"):
+        leftover.unlink(missing_ok=True)
+    horizon = (now - timedelta(days=settings.ARCHIVE_KEEP_DAYS)).timestamp()
+    pruned = 0
+    for path in archive.glob("*.gz"):
+        if path.stat().st_mtime < horizon:
+            path.unlink(missing_ok=True)
+            pruned += 1
+    return pruned
+
+
+def dead_letters() -> list[dict]:
+    """The dead-letter files (lines refused at loading, with reasons) and quarantined files."""
+    paths = spool.spool_paths()
+    found = []
+    for kind in ("dead", "quarantine"):
+        for path in sorted(paths[kind].glob("*")) if paths[kind].is_dir() else []:
+            with path.open("rb") as file:
+                lines = sum(1 for _ in file)
+            found.append(
+                {
+                    "kind": kind,
+                    "name": path.name,
+                    "lines": lines,
+                    "modified_at": datetime.fromtimestamp(path.stat().st_mtime, tz=UTC),
+                }
+            )
+    return found
+
+
+def dead_letter_path(*, kind: str, name: str) -> Path:
+    """The file of a dead_letters() entry; raises FileNotFoundError for any other name."""
+    if kind not in ("dead", "quarantine") or "/" in name or name.startswith("."):
+        raise FileNotFoundError(name)
+    path = spool.spool_paths()[kind] / name
+    if not path.is_file():
+        raise FileNotFoundError(name)
+    return path
 
 
 @contextmanager

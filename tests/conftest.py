@@ -4,7 +4,9 @@ import pytest
 from django.conf import settings as django_settings
 
 from aggregation.spool import spool_writer_reset
+from coremetrics.models import Membership
 from delivery.tables import local_tables_reset
+from tests.factories import ClientFactory, MembershipFactory, UserFactory
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -36,3 +38,41 @@ def isolated_storage(settings, tmp_path):
 def on_commit(django_capture_on_commit_callbacks):
     """Run the on_commit callbacks (task enqueues) the block registered."""
     return lambda: django_capture_on_commit_callbacks(execute=True)
+
+
+@pytest.fixture
+def client_a():
+    return ClientFactory(name="Alpha Shop", slug="alpha-shop")
+
+
+@pytest.fixture
+def client_b():
+    return ClientFactory(name="Bravo Shop", slug="bravo-shop")
+
+
+@pytest.fixture
+def marketer(client, client_a):
+    membership = MembershipFactory(client=client_a, role=Membership.Role.MARKETER)
+    client.force_login(membership.user)
+    return membership.user
+
+
+@pytest.fixture
+def viewer(client, client_a):
+    membership = MembershipFactory(client=client_a, role=Membership.Role.VIEWER)
+    client.force_login(membership.user)
+    return membership.user
+
+
+@pytest.fixture
+def superuser(client):
+    user = UserFactory(is_superuser=True)
+    client.force_login(user)
+    return user
+
+
+@pytest.fixture
+def outsider(client):
+    user = UserFactory()
+    client.force_login(user)
+    return user

@@ -1,11 +1,13 @@
 import gzip
 import json
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
 from django.conf import settings as django_settings
+from django.urls import reverse
 
 from aggregation import services, spool
 from aggregation.models import ConsolidationRun, Event, Profile
@@ -15,7 +17,7 @@ from aggregation.spool import spool_append, spool_paths
 from aggregation.tasks import consolidate
 from delivery.identity import visitor_id_issue
 from delivery.models import Visitor
-from tests.factories import ClientFactory
+from tests.factories import ClientFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -251,3 +253,42 @@ def test_abandoned_cart_counted_once_session_went_idle(shopper):
 
     profile = Profile.objects.get(client=client, visitor_id=other)
     assert (profile.cart_adds, profile.cart_abandonments, profile.purchases) == (1, 1, 0)
+
+
+def test_archives_older_than_the_keep_time_and_leftovers_are_pruned(settings):
+    settings.ARCHIVE_KEEP_DAYS = 30
+    archive = spool_paths()["archive"]
+    archive.mkdir(parents=True)
+    now = datetime.now(UTC)
+    for name, age_days in [("old.jsonl.gz", 31), ("recent.jsonl.gz", 29), (".x.tmp", 0)]:
+        path = archive / name
+        path.write_bytes(b"")
+        stamp = (now - timedelta(days=age_days)).timestamp()
+        os.utime(path, (stamp, stamp))
+
+    pruned = services.archives_prune(now=now)
+
+    assert pruned == 1
+    assert sorted(path.name for path in archive.iterdir()) == ["recent.jsonl.gz"]
+
+
+def test_dead_letters_page_lists_and_serves_files_to_superusers_only(client, shopper, superuser):
+    _, _, records = shopper
+    (spool_paths()["closed"]).mkdir(parents=True, exist_ok=True)
+    (spool_paths()["closed"] / "bad.jsonl").write_bytes(
+        b"{oops\n" + json.dumps(records[0]).encode() + b"\n"
+    )
+    spool_consolidate(seal_open=False)
+    page = client.get(reverse("admin:aggregation-dead-letters"))
+    download = client.get(
+        reverse("admin:aggregation-dead-letter-download", args=["dead", "bad.jsonl.dead"])
+    )
+    escape = client.get(reverse("admin:aggregation-dead-letter-download", args=["dead", "..bad"]))
+
+    assert [(f["kind"], f["name"], f["lines"]) for f in page.context["files"]] == [
+        ("dead", "bad.jsonl.dead", 1)
+    ]
+    assert b"".join(download.streaming_content) == b"line 1: not JSON\t{oops\n"
+    assert escape.status_code == 404
+    client.force_login(UserFactory())  # staff, no client, no superuser
+    assert client.get(reverse("admin:aggregation-dead-letters")).status_code == 403
