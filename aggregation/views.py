@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
+from functools import cache
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -11,6 +14,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
+from aggregation.ratelimit import RateLimiter
 from aggregation.records import RecordError, timestamp_ms
 from aggregation.services import events_collect
 from delivery.identity import SESSION_ID_RE, visitor_id_is_valid
@@ -52,6 +56,11 @@ def collect(request: HttpRequest) -> HttpResponse:
     errors = _batch_errors(batch)
     if errors:
         return _reply(request, 400, {"error": "invalid batch", "errors": errors})
+    wait = _limiter().take(view.client_id, len(batch["events"]), now=time.monotonic())
+    if wait:
+        response = _reply(request, 429, {"error": "too many events for this client; retry later"})
+        response["Retry-After"] = str(math.ceil(wait))
+        return response
     try:
         result = events_collect(
             client_id=view.client_id,
@@ -67,6 +76,12 @@ def collect(request: HttpRequest) -> HttpResponse:
     if not result.accepted:
         return _reply(request, 400, {"error": "invalid events", "rejected": result.rejected})
     return _reply(request, 202, {"accepted": result.accepted, "rejected": result.rejected})
+
+
+@cache
+def _limiter() -> RateLimiter:
+    rate = settings.COLLECT_RATE_PER_SECOND
+    return RateLimiter(rate=rate, burst=rate * settings.COLLECT_RATE_BURST_SECONDS)
 
 
 def _refuse_constant(name: str) -> float:

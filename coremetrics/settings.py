@@ -162,3 +162,7 @@ SPOOL_ROTATE_BYTES = env.int("SPOOL_ROTATE_BYTES", default=64 * 1024 * 1024)
 ARCHIVE_KEEP_DAYS = env.int("ARCHIVE_KEEP_DAYS", default=30)
 COLLECT_MAX_BYTES = env.int("COLLECT_MAX_BYTES", default=40 * 1024)
 COLLECT_MAX_EVENTS = env.int("COLLECT_MAX_EVENTS", default=100)
+# Events per second one client may send to one web process, and how many seconds of that rate
+# a burst may use at once; beyond that collect answers 429 with Retry-After.
+COLLECT_RATE_PER_SECOND = env.float("COLLECT_RATE_PER_SECOND", default=2000)
+COLLECT_RATE_BURST_SECONDS = env.float("COLLECT_RATE_BURST_SECONDS", default=5)

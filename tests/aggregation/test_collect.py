@@ -158,3 +158,24 @@ def test_spool_failure_answers_503_not_200(client, key, settings, tmp_path):
         503,
         {"error": "cannot store events now; retry later"},
     )
+
+
+def test_a_client_over_its_rate_gets_429_with_retry_after(client, key, settings):
+    from aggregation import views
+
+    settings.COLLECT_RATE_PER_SECOND = 2
+    settings.COLLECT_RATE_BURST_SECONDS = 2
+    views._limiter.cache_clear()
+    try:
+        first = _post(client, key, _batch([_event(), _event(), _event()]))
+        second = _post(client, key, _batch([_event(), _event()]))
+    finally:
+        views._limiter.cache_clear()
+
+    assert first.status_code == 202
+    assert (second.status_code, second.json(), second["Retry-After"]) == (
+        429,
+        {"error": "too many events for this client; retry later"},
+        "1",
+    )
+    assert len(_spooled()) == 3
