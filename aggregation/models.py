@@ -69,11 +69,16 @@ class Profile(models.Model):
     visits = models.PositiveIntegerField(default=0)
     page_views = models.PositiveIntegerField(default=0)
     product_views = models.PositiveIntegerField(default=0)
+    products_viewed = models.PositiveIntegerField(default=0, help_text="Distinct products.")
+    categories = models.JSONField(
+        default=dict, blank=True, help_text="Views per category (product and category views)."
+    )
     cart_adds = models.PositiveIntegerField(default=0)
     cart_removes = models.PositiveIntegerField(default=0)
     cart_abandonments = models.PositiveIntegerField(default=0)
     purchases = models.PositiveIntegerField(default=0)
     total_spent = models.DecimalField(max_digits=20, decimal_places=2, default=0)
+    average_order_value = models.DecimalField(max_digits=20, decimal_places=2, default=0)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.DIRECT)
     email = models.EmailField(max_length=254, blank=True)
     attributes = models.JSONField(default=dict, blank=True)

@@ -477,13 +477,17 @@ PROFILE_FIELDS = [
     "visits",
     "page_views",
     "product_views",
+    "products_viewed",
+    "categories",
     "cart_adds",
     "cart_removes",
     "cart_abandonments",
     "purchases",
     "total_spent",
+    "average_order_value",
     "source",
     "email",
+    "attributes",
     "first_seen_at",
     "last_seen_at",
     "updated_at",
@@ -492,6 +496,23 @@ PROFILE_FIELDS = [
 
 def _last_session(events: list[EventRow]) -> str:
     return max(events, key=lambda row: row.occurred_at).session_id
+
+
+def profiles_rebuild_all(*, client_id: int | None = None) -> int:
+    """Recompute every profile (of one client, or all) from its events, a client at a time.
+
+    Memory: one client's distinct visitor ids (~100 bytes each) plus one PROFILE_BATCH of
+    events at a time.
+    """
+    events = Event.objects.all() if client_id is None else Event.objects.filter(client_id=client_id)
+    rebuilt = 0
+    for owner in sorted(set(events.values_list("client_id", flat=True).distinct())):
+        visitor_ids = set(
+            Event.objects.filter(client_id=owner).values_list("visitor_id", flat=True).distinct()
+        )
+        with transaction.atomic():
+            rebuilt += profiles_rebuild(client_id=owner, visitor_ids=visitor_ids)
+    return rebuilt
 
 
 def profiles_settle(*, now: datetime) -> int:

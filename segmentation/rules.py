@@ -55,6 +55,8 @@ class Field:
 FIELDS: dict[str, Field] = {
     "purchases": Field("Number of purchases", "int", "purchases"),
     "total_spent": Field("Total spent", "money", "total_spent"),
+    "average_order_value": Field("Average order value", "money", "average_order_value"),
+    "products_viewed": Field("Distinct products viewed", "int", "products_viewed"),
     "visits": Field("Number of visits", "int", "visits"),
     "page_views": Field("Page views", "int", "page_views"),
     "product_views": Field("Product views", "int", "product_views"),

@@ -42,13 +42,17 @@ def test_profile_compute_sums_up_a_visitors_events():
         "visits": 2,
         "page_views": 2,
         "product_views": 2,
+        "products_viewed": 0,
+        "categories": {},
         "cart_adds": 3,
         "cart_removes": 1,
         "cart_abandonments": 1,
         "purchases": 1,
         "total_spent": Decimal("20.00"),
+        "average_order_value": Decimal("20.00"),
         "source": "email",
         "email": "ann@example.com",
+        "attributes": {},
         "first_seen_at": _at(9, 59),
         "last_seen_at": _at(11, 5),
     }
@@ -205,3 +209,26 @@ def test_profile_compute_needs_an_event():
 )
 def test_source_classify(url, referrer, source):
     assert source_classify(url, referrer) == source
+
+
+def test_products_categories_order_value_and_attributes():
+    t0 = _at(9)
+    rows = [
+        EventRow("product_view", "s1", t0, product_id="driver", category="clubs"),
+        EventRow("product_view", "s1", t0 + timedelta(minutes=1), product_id="driver"),
+        EventRow("category_view", "s1", t0 + timedelta(minutes=2), category="balls"),
+        EventRow("purchase", "s1", t0 + timedelta(minutes=3), order_id="a", value=Decimal("10")),
+        EventRow("purchase", "s1", t0 + timedelta(minutes=4), order_id="b", value=Decimal("25")),
+        EventRow("custom", "s1", t0 + timedelta(minutes=5), properties={"name": "x", "tier": "s"}),
+        EventRow("custom", "s1", t0 + timedelta(minutes=6), properties={"tier": "gold"}),
+    ]
+
+    profile = profile_compute(rows, now=t0 + timedelta(days=1), idle=timedelta(minutes=30))
+
+    assert (profile["product_views"], profile["products_viewed"]) == (2, 1)
+    assert profile["categories"] == {"balls": 1, "clubs": 1}
+    assert (profile["total_spent"], profile["average_order_value"]) == (
+        Decimal("35"),
+        Decimal("17.50"),
+    )
+    assert profile["attributes"] == {"tier": "gold"}
