@@ -6,7 +6,6 @@ import csv
 import fcntl
 import gzip
 import io
-import json
 import logging
 import os
 import shutil
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -312,8 +312,7 @@ def spool_file_load(*, path: Path) -> FileResult:
         touched: dict[int, set[str]] = defaultdict(set)
         for record in records:
             touched[record["client"]].add(record["visitor_id"])
-        # Ascending clients, and within one client ascending lock keys (_visitors_lock): every
-        # run takes its locks in one global order, so two runs cannot deadlock.
+        # Ascending clients: with _visitors_lock's ascending buckets, one global lock order.
         for client_id, visitor_ids in sorted(touched.items()):
             result.profiles += profiles_rebuild(client_id=client_id, visitor_ids=visitor_ids)
     if result.loaded:
@@ -406,7 +405,12 @@ def _events_copy(records: list[dict]) -> int:
 
 
 def _json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return orjson.dumps(value).decode()
+
+
+# Visitors are locked by bucket (their hash modulo this), so that a transaction holds at most
+# this many advisory locks whatever its size (PostgreSQL's lock table is ~6,400 by default).
+LOCK_BUCKETS = 256
 
 
 def _visitors_lock(client_id: int, visitor_ids: list[str]) -> None:
@@ -414,18 +418,17 @@ def _visitors_lock(client_id: int, visitor_ids: list[str]) -> None:
 
     Two consolidations (two nodes) loading events of one visitor would otherwise each compute
     the profile without the other's uncommitted events, and the later write would lose them.
-    Taken in the order of their keys, so two runs cannot deadlock; a no-op on SQLite, which
-    has one writer at a time anyway.
+    Keyed (client id, bucket) and taken in ascending order by every run (clients ascending,
+    then buckets), so two runs cannot deadlock; a no-op on SQLite, which has one writer.
     """
     if connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pg_advisory_xact_lock(key) FROM ("
-            "  SELECT DISTINCT hashtextextended(%s || ':' || v, 0) AS key"
-            "  FROM unnest(%s::text[]) AS v"
-            ") AS keys ORDER BY key",
-            [str(client_id), visitor_ids],
+            "SELECT pg_advisory_xact_lock(%s, bucket) FROM ("
+            "  SELECT DISTINCT (hashtext(v) & %s) AS bucket FROM unnest(%s::text[]) AS v"
+            ") AS buckets ORDER BY bucket",
+            [client_id, LOCK_BUCKETS - 1, visitor_ids],
         )
 
 

@@ -1,0 +1,206 @@
+"""Ingest benchmark (A1-A3, A5): events through collect, the spool and consolidation.
+
+    make bench-ingest                         # 1,000,000 events, PostgreSQL + Redis started for it
+    .venv/bin/python bench/ingest.py --events 100000   # with DATABASE_URL pointing at PostgreSQL
+
+Stages, each timed on its own:
+1. collect: a gunicorn server (2 sync workers, as in production) on loopback takes batches of
+   100 events from 4 keep-alive client threads in this process;
+2. consolidation: one `spool_consolidate()` in this process (COPY into a staging table, insert
+   ignoring known event ids, profiles of the touched visitors recomputed);
+3. the profiles alone: `profiles_rebuild_all()` over the same events.
+It ends with one JSON line: collect_events_per_s, consolidate_events_per_s, profiles_per_s,
+peak_rss_mb (the largest resident size of this process, which runs the consolidation).
+Runs in a database of its own (coremetrics_bench), dropped and created anew.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH = 100
+THREADS = 4
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--visitors", type=int, default=100_000)
+    args = parser.parse_args()
+
+    database_url = _bench_database(os.environ["DATABASE_URL"])
+    data_dir = Path(tempfile.mkdtemp(prefix="coremetrics-bench-"))
+    os.environ.update(
+        {
+            "DATABASE_URL": database_url,
+            "COREMETRICS_DATA_DIR": str(data_dir),
+            "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-only-secret-key"),
+            "SPOOL_ROTATE_SECONDS": "3600",
+            "COLLECT_RATE_PER_SECOND": "10000000",
+            "DJANGO_SETTINGS_MODULE": "coremetrics.settings",
+        }
+    )
+    sys.path.insert(0, str(ROOT))
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True, env=os.environ
+    )
+    import django
+
+    django.setup()
+    from aggregation.models import Event
+    from aggregation.services import profiles_rebuild_all, spool_consolidate
+    from delivery.identity import visitor_id_issue
+    from delivery.services import manifest_publish
+    from tests.factories import ClientFactory
+
+    client = ClientFactory(name="Bench", slug="bench")
+    manifest_publish(client_id=client.pk)
+    visitors = [visitor_id_issue() for _ in range(args.visitors)]
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(ROOT / ".venv/bin/gunicorn"), "coremetrics.wsgi", "--bind", f"127.0.0.1:{port}",
+         "--workers", "2", "--log-level", "warning"],
+        cwd=ROOT,
+        env=os.environ,
+    )  # fmt: skip
+    try:
+        _wait_for(port)
+        started = time.perf_counter()
+        sent = _collect(port, client.public_key, visitors, args.events)
+        collect_seconds = time.perf_counter() - started
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+
+    started = time.perf_counter()
+    run = spool_consolidate()
+    consolidate_seconds = time.perf_counter() - started
+    assert run.status == "done", run.error
+    loaded = Event.objects.filter(client=client).count()
+
+    started = time.perf_counter()
+    profiles = profiles_rebuild_all(client_id=client.pk)
+    profile_seconds = time.perf_counter() - started
+
+    figures = {
+        "events": args.events,
+        "events_loaded": loaded,
+        "collect_events_per_s": round(sent / collect_seconds),
+        "consolidate_events_per_s": round(run.loaded / consolidate_seconds),
+        "profiles_per_s": round(profiles / profile_seconds),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    print(
+        f"collect: {sent} events in {collect_seconds:.1f} s; consolidation: {run.loaded} events, "
+        f"{run.profiles_updated} profiles in {consolidate_seconds:.1f} s; "
+        f"profiles alone: {profiles} in {profile_seconds:.1f} s",
+        file=sys.stderr,
+    )
+    print(json.dumps(figures))
+    shutil.rmtree(data_dir, ignore_errors=True)
+    if loaded != args.events:
+        sys.exit(f"lost or doubled events: sent {args.events}, loaded {loaded}")
+
+
+def _collect(port: int, key: str, visitors: list[str], total: int) -> int:
+    """Send `total` events in batches from THREADS keep-alive connections; returns accepted."""
+    per_thread = total // THREADS
+    accepted = [0] * THREADS
+    failures: list[str] = []
+    kinds = ["page_view", "product_view", "cart_add", "cart_remove", "purchase"]
+
+    def run(index: int) -> None:
+        rng = random.Random(index)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        remaining = per_thread + (total % THREADS if index == 0 else 0)
+        while remaining:
+            size = min(BATCH, remaining)
+            now = int(time.time() * 1000)
+            events = []
+            for _ in range(size):
+                kind = rng.choice(kinds)
+                event = {
+                    "id": str(uuid.uuid4()),
+                    "type": kind,
+                    "at": now,
+                    "url": "https://b.example/",
+                }
+                if kind == "purchase":
+                    event |= {"order_id": uuid.uuid4().hex[:12], "value": 42.5}
+                else:
+                    event["product_id"] = f"p{rng.randrange(500)}"
+                events.append(event)
+            visitor = rng.choice(visitors)
+            session = f"{now // 1000:x}.{visitor[:12].encode().hex()[:12]}"
+            body = json.dumps(
+                {"visitor": visitor, "session": session, "sent_at": now, "events": events}
+            )
+            headers = {"Content-Type": "text/plain"}
+            connection.request("POST", f"/c/v1/collect?k={key}", body, headers)
+            response = connection.getresponse()
+            payload = json.loads(response.read())
+            if response.status != 202:
+                failures.append(f"{response.status} {payload}")
+                return
+            accepted[index] += payload["accepted"]
+            remaining -= size
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        sys.exit(f"collect failed: {failures[:3]}")
+    return sum(accepted)
+
+
+def _bench_database(url: str) -> str:
+    import psycopg2
+
+    parts = urlsplit(url)
+    admin = psycopg2.connect(url)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute("DROP DATABASE IF EXISTS coremetrics_bench")
+        cursor.execute("CREATE DATABASE coremetrics_bench")
+    admin.close()
+    return urlunsplit(parts._replace(path="/coremetrics_bench"))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for(port: int) -> None:
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit("the server did not start")
+
+
+if __name__ == "__main__":
+    main()
