@@ -20,6 +20,7 @@ import orjson
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+from psycopg2.extras import Json, execute_values
 
 from aggregation import spool
 from aggregation.models import ConsolidationRun, Event, Profile
@@ -441,11 +442,7 @@ def profiles_rebuild(*, client_id: int, visitor_ids: set[str]) -> int:
     _visitors_lock(client_id, ordered)
     for start in range(0, len(ordered), PROFILE_BATCH):
         batch = ordered[start : start + PROFILE_BATCH]
-        rows: dict[str, list[EventRow]] = defaultdict(list)
-        for event in Event.objects.filter(client_id=client_id, visitor_id__in=batch).values(
-            "visitor_id", *EventRow.__dataclass_fields__
-        ):
-            rows[event.pop("visitor_id")].append(EventRow(**event))
+        rows = _events_of(client_id, batch)
         profiles = [
             Profile(
                 client_id=client_id,
@@ -454,12 +451,7 @@ def profiles_rebuild(*, client_id: int, visitor_ids: set[str]) -> int:
             )
             for visitor_id, events in rows.items()
         ]
-        Profile.objects.bulk_create(
-            profiles,
-            update_conflicts=True,
-            unique_fields=["client", "visitor_id"],
-            update_fields=PROFILE_FIELDS,
-        )
+        _profiles_upsert(profiles)
         visitors_upsert(
             client_id=client_id,
             visitors=[
@@ -474,6 +466,63 @@ def profiles_rebuild(*, client_id: int, visitor_ids: set[str]) -> int:
         )
         written += len(profiles)
     return written
+
+
+EVENT_ROW_FIELDS = list(EventRow.__dataclass_fields__)
+
+
+def _events_of(client_id: int, visitor_ids: list[str]) -> dict[str, list[EventRow]]:
+    """The events of these visitors, as EventRows; on PostgreSQL read without the ORM's
+    per-row conversions (a third of the time of a consolidation otherwise)."""
+    rows: dict[str, list[EventRow]] = defaultdict(list)
+    if connection.vendor != "postgresql":
+        events = Event.objects.filter(client_id=client_id, visitor_id__in=visitor_ids)
+        for event in events.values("visitor_id", *EVENT_ROW_FIELDS):
+            rows[event.pop("visitor_id")].append(EventRow(**event))
+        return rows
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT visitor_id, {', '.join(EVENT_ROW_FIELDS)} FROM aggregation_event "
+            "WHERE client_id = %s AND visitor_id = ANY(%s)",
+            [client_id, visitor_ids],
+        )
+        for visitor_id, *values in cursor.fetchall():
+            rows[visitor_id].append(EventRow(*values))
+    return rows
+
+
+def _profiles_upsert(profiles: list[Profile]) -> None:
+    if connection.vendor != "postgresql":
+        Profile.objects.bulk_create(
+            profiles,
+            update_conflicts=True,
+            unique_fields=["client", "visitor_id"],
+            update_fields=PROFILE_FIELDS,
+        )
+        return
+    now = timezone.now()
+    columns = ["client_id", "visitor_id", *PROFILE_FIELDS]
+    json_columns = {"categories", "attributes"}
+    values = [
+        [
+            now
+            if name == "updated_at"
+            else Json(getattr(profile, name))
+            if name in json_columns
+            else getattr(profile, name)
+            for name in columns
+        ]
+        for profile in profiles
+    ]
+    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in PROFILE_FIELDS)
+    with connection.cursor() as cursor:
+        execute_values(
+            cursor.cursor,
+            f"INSERT INTO aggregation_profile ({', '.join(columns)}) VALUES %s "
+            f"ON CONFLICT (client_id, visitor_id) DO UPDATE SET {updates}",
+            values,
+            page_size=1000,
+        )
 
 
 PROFILE_FIELDS = [
