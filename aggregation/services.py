@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -487,7 +487,11 @@ def _events_of(client_id: int, visitor_ids: list[str]) -> dict[str, list[EventRo
             [client_id, visitor_ids],
         )
         for visitor_id, *values in cursor.fetchall():
-            rows[visitor_id].append(EventRow(*values))
+            row = EventRow(*values)
+            # Django reads jsonb as text (it decodes JSON fields itself).
+            if isinstance(row.properties, str):
+                row = replace(row, properties=orjson.loads(row.properties))
+            rows[visitor_id].append(row)
     return rows
 
 

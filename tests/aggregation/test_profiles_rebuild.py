@@ -71,7 +71,8 @@ def test_consolidated_profiles_equal_a_rebuild_from_events():
             for _ in range(400)
         )
         spool_seal_open()
-        spool_consolidate()
+        run = spool_consolidate()
+        assert (run.status, run.error) == ("done", "")
     incremental = _snapshot(client)
 
     call_command("rebuild_profiles", client=client.pk)
