@@ -5,7 +5,7 @@ RUFF  := $(VENV)/bin/ruff
 ARGS  ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt services-up services-down clean venv
+.PHONY: help run test lint fmt services-up services-down clean venv bench-ingest
 
 help:
 	@echo "make run            run the app (scripts/run.sh)"
@@ -15,6 +15,7 @@ help:
 	@echo "make fmt            ruff format + ruff check --fix"
 	@echo "make services-up    start throwaway PostgreSQL + Redis (env: var/test-services/env)"
 	@echo "make services-down  stop them and remove var/test-services"
+	@echo "make bench-ingest   1,000,000 events through collect and consolidation (docs/performance.md)"
 	@echo "make clean          remove var/ and .venv"
 
 venv:
@@ -42,3 +43,7 @@ services-down:
 
 clean: services-down
 	rm -rf var .venv
+
+bench-ingest: venv
+	bash scripts/services.sh start
+	set -a && . var/test-services/env && set +a && $(VENV)/bin/python bench/ingest.py
