@@ -14,6 +14,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
 
 import orjson
@@ -279,48 +280,73 @@ def _attempt_count(path: Path) -> None:
     logger.error("spool file %s failed %d times; moved to quarantine/", path.name, attempts)
 
 
+# A file is loaded in slices of this many lines, one transaction each, so memory stays bounded
+# (about 2 KB a line: the line, its parsed record, its CSV row) whatever the file's size.
+SLICE_LINES = 20_000
+
+
 def spool_file_load(*, path: Path) -> FileResult:
-    """Archive one closed file, load it and its visitors' profiles in one transaction, remove it.
+    """Archive one closed file, load it slice by slice with its visitors' profiles, remove it.
 
     A crash anywhere leaves the file in closed/; the next run loads it again and the unique
-    event ids make that second load add nothing.
+    event ids make loading an already loaded slice add nothing.
     """
     paths = spool.spool_paths()
     result = FileResult()
-    parsed, dead = [], []
-    with path.open("rb") as file:
-        for number, line in enumerate(file, start=1):
-            result.lines += 1
-            try:
-                parsed.append((number, line, record_parse(line)))
-            except RecordError as error:
-                dead.append((number, str(error), line))
-    client_ids = {record["client"] for _, _, record in parsed}
-    known_clients = set(Client.objects.filter(pk__in=client_ids).values_list("pk", flat=True))
-    records = []
-    for number, line, record in parsed:
-        if record["client"] in known_clients:
-            records.append(record)
-        else:
-            dead.append((number, f"unknown client {record['client']}", line))
     _archive(path, paths["archive"])
-    if dead:
-        _dead_letter(path.name, sorted(dead), paths["dead"])
-    result.bad_lines = len(dead)
+    known_clients: dict[int, bool] = {}
+    paths["dead"].mkdir(parents=True, exist_ok=True)
+    dead_path = paths["dead"] / f"{path.name}.dead"
+    # Rewritten whole: a file loaded again after a crash yields the same dead lines, not twice.
+    with path.open("rb") as file, dead_path.open("wb") as dead_file:
+        number = 0
+        while True:
+            lines = list(islice(file, SLICE_LINES))
+            if not lines:
+                break
+            records = []
+            for line in lines:
+                number += 1
+                try:
+                    record = record_parse(line)
+                except RecordError as error:
+                    _dead_write(dead_file, number, str(error), line)
+                    continue
+                if record["client"] not in known_clients:
+                    known_clients[record["client"]] = Client.objects.filter(
+                        pk=record["client"]
+                    ).exists()
+                if known_clients[record["client"]]:
+                    records.append(record)
+                else:
+                    _dead_write(dead_file, number, f"unknown client {record['client']}", line)
+            result.lines += len(lines)
+            result.bad_lines += len(lines) - len(records)
+            _slice_load(records, result)
+    if not result.bad_lines:
+        dead_path.unlink()
+    path.unlink()
+    path.with_name(path.name + ".attempts").unlink(missing_ok=True)
+    return result
+
+
+def _slice_load(records: list[dict], result: FileResult) -> None:
     with transaction.atomic():
-        result.loaded = events_load(records=records)
-        result.duplicates = len(records) - result.loaded
+        loaded = events_load(records=records)
         touched: dict[int, set[str]] = defaultdict(set)
         for record in records:
             touched[record["client"]].add(record["visitor_id"])
         # Ascending clients: with _visitors_lock's ascending buckets, one global lock order.
         for client_id, visitor_ids in sorted(touched.items()):
             result.profiles += profiles_rebuild(client_id=client_id, visitor_ids=visitor_ids)
-    if result.loaded:
-        result.client_ids = set(touched)
-    path.unlink()
-    path.with_name(path.name + ".attempts").unlink(missing_ok=True)
-    return result
+    result.loaded += loaded
+    result.duplicates += len(records) - loaded
+    if loaded:
+        result.client_ids |= set(touched)
+
+
+def _dead_write(file, number: int, reason: str, line: bytes) -> None:
+    file.write(f"line {number}: {reason}\t".encode() + line.rstrip(b"\n") + b"\n")
 
 
 def _archive(path: Path, archive_dir: Path) -> None:
@@ -333,14 +359,6 @@ def _archive(path: Path, archive_dir: Path) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-def _dead_letter(name: str, dead: list[tuple[int, str, bytes]], dead_dir: Path) -> None:
-    # Rewritten whole: a file loaded again after a crash yields the same dead lines, not twice.
-    dead_dir.mkdir(parents=True, exist_ok=True)
-    with (dead_dir / f"{name}.dead").open("wb") as file:
-        for number, reason, line in dead:
-            file.write(f"line {number}: {reason}\t".encode() + line.rstrip(b"\n") + b"\n")
 
 
 def events_load(*, records: list[dict]) -> int:

@@ -292,3 +292,29 @@ def test_dead_letters_page_lists_and_serves_files_to_superusers_only(client, sho
     assert escape.status_code == 404
     client.force_login(UserFactory())  # staff, no client, no superuser
     assert client.get(reverse("admin:aggregation-dead-letters")).status_code == 403
+
+
+def test_a_file_is_loaded_in_slices_and_a_crash_between_them_loses_nothing(
+    shopper, monkeypatch
+):
+    client, _, records = shopper
+    monkeypatch.setattr(services, "SLICE_LINES", 3)
+    spool_append(records + [{**record, "event_id": str(uuid.uuid4())} for record in records])
+    real_load = services.events_load
+    calls = []
+
+    def crash_on_second_slice(*, records):
+        calls.append(len(records))
+        if len(calls) == 2:
+            raise RuntimeError("killed between slices")
+        return real_load(records=records)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(services, "events_load", crash_on_second_slice)
+        failed = spool_consolidate()
+    loaded_before = Event.objects.filter(client=client).count()
+    again = spool_consolidate()
+
+    assert (failed.status, loaded_before, calls) == ("failed", 3, [3, 3])
+    assert (again.status, again.lines, again.loaded, again.duplicates) == ("done", 8, 5, 3)
+    assert Event.objects.filter(client=client).count() == 8
