@@ -294,9 +294,7 @@ def test_dead_letters_page_lists_and_serves_files_to_superusers_only(client, sho
     assert client.get(reverse("admin:aggregation-dead-letters")).status_code == 403
 
 
-def test_a_file_is_loaded_in_slices_and_a_crash_between_them_loses_nothing(
-    shopper, monkeypatch
-):
+def test_a_file_is_loaded_in_slices_and_a_crash_between_them_loses_nothing(shopper, monkeypatch):
     client, _, records = shopper
     monkeypatch.setattr(services, "SLICE_LINES", 3)
     spool_append(records + [{**record, "event_id": str(uuid.uuid4())} for record in records])
