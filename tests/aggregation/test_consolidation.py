@@ -9,9 +9,10 @@ import redis
 from django.conf import settings as django_settings
 from django.urls import reverse
 
-from aggregation import services, spool
+from aggregation import spool
 from aggregation.models import ConsolidationRun, Event, Profile
 from aggregation.records import delivery_record
+from aggregation.services import consolidation as services
 from aggregation.services import spool_consolidate
 from aggregation.spool import spool_append, spool_paths
 from aggregation.tasks import consolidate

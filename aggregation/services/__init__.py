@@ -1,0 +1,37 @@
+"""Aggregation's services: ingest and consolidation (consolidation.py), imports (imports.py)."""
+
+from aggregation.services.consolidation import (
+    MAX_FILE_ATTEMPTS,
+    SLICE_LINES,
+    CollectResult,
+    archives_prune,
+    consolidation_lock,
+    dead_letter_path,
+    dead_letters,
+    deliveries_spool,
+    events_collect,
+    events_load,
+    profiles_rebuild,
+    profiles_rebuild_all,
+    profiles_settle,
+    spool_consolidate,
+    spool_file_load,
+)
+
+__all__ = [
+    "MAX_FILE_ATTEMPTS",
+    "SLICE_LINES",
+    "CollectResult",
+    "archives_prune",
+    "consolidation_lock",
+    "dead_letter_path",
+    "dead_letters",
+    "deliveries_spool",
+    "events_collect",
+    "events_load",
+    "profiles_rebuild",
+    "profiles_rebuild_all",
+    "profiles_settle",
+    "spool_consolidate",
+    "spool_file_load",
+]
