@@ -1,13 +1,23 @@
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import FileResponse, Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.html import format_html
 
-from aggregation.models import ConsolidationRun, Event, Profile
+from aggregation.imports import mapping_validate
+from aggregation.models import ConsolidationRun, Event, ImportJob, ImportMapping, Profile
 from aggregation.services import dead_letter_path, dead_letters
-from coremetrics.tenancy import ReadOnlyTenantAdmin
+from aggregation.services.imports import error_report_path, import_job_create
+from coremetrics.tenancy import (
+    ReadOnlyTenantAdmin,
+    TenantAdmin,
+    TenantForm,
+    client_of,
+    is_editor,
+)
 
 
 @admin.register(Event)
@@ -100,3 +110,109 @@ class ConsolidationRunAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class ImportMappingForm(TenantForm):
+    def clean_columns(self):
+        try:
+            return mapping_validate(self.cleaned_data["columns"])
+        except ValueError as error:
+            raise forms.ValidationError(str(error)) from None
+
+
+@admin.register(ImportMapping)
+class ImportMappingAdmin(TenantAdmin):
+    form = ImportMappingForm
+    list_display = ["name", "format", "client"]
+
+
+class ImportUploadForm(forms.Form):
+    mapping = forms.ModelChoiceField(queryset=ImportMapping.objects.none())
+    file = forms.FileField(help_text="CSV or JSON lines, UTF-8 (with or without BOM) or Latin-1.")
+
+    def __init__(self, *args, mappings, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["mapping"] = forms.ModelChoiceField(queryset=mappings)
+
+
+@admin.register(ImportJob)
+class ImportJobAdmin(ReadOnlyTenantAdmin):
+    """Uploads of legacy customer records: progress, outcome and the error report."""
+
+    list_display = ["created_at", "file_name", "status", "progress", "rows", "records",
+                    "rejected_rows", "client"]  # fmt: skip
+    readonly_fields = [
+        *[field.name for field in ImportJob._meta.fields if field.name != "path"],
+        "progress",
+        "error_report",
+    ]
+    change_list_template = "admin/aggregation/importjob/change_list.html"
+
+    @admin.display(description="Progress")
+    def progress(self, job):
+        return f"{job.progress_percent}%"
+
+    @admin.display(description="Error report")
+    def error_report(self, job):
+        if not job.rejected_rows:
+            return "-"
+        url = reverse("admin:aggregation-import-errors", args=[job.pk])
+        return format_html(
+            '<a href="{}" id="error-report">Download ({} rows)</a>', url, job.rejected_rows
+        )
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("upload/", view(self.upload), name="aggregation-import-upload"),
+            path("<int:job_id>/errors.csv", view(self.errors), name="aggregation-import-errors"),
+            *super().get_urls(),
+        ]
+
+    def upload(self, request):
+        if not is_editor(request):
+            raise PermissionDenied
+        form = ImportUploadForm(
+            request.POST or None, request.FILES or None, mappings=self._mappings(request)
+        )
+        if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["file"]
+            job = import_job_create(
+                mapping=form.cleaned_data["mapping"], file_name=upload.name, source=upload
+            )
+            self.message_user(request, f"{upload.name} uploaded; converting.", messages.SUCCESS)
+            return HttpResponseRedirect(
+                reverse("admin:aggregation_importjob_change", args=[job.pk])
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Import customer records",
+            "form": form,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/aggregation/importjob/upload.html", context)
+
+    def errors(self, request, job_id):
+        job = self.get_queryset(request).filter(pk=job_id).first()
+        if job is None:
+            raise Http404("no such import")
+        report = error_report_path(job)
+        if not report.exists():
+            raise Http404("no error report")
+        return FileResponse(
+            report.open("rb"), as_attachment=True, filename=f"import-{job.pk}-errors.csv"
+        )
+
+    def _mappings(self, request):
+        mappings = ImportMapping.objects.all()
+        return mappings if request.user.is_superuser else mappings.filter(client=client_of(request))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = self.get_object(request, object_id)
+        refresh = job is not None and job.status in (
+            ImportJob.Status.PENDING,
+            ImportJob.Status.RUNNING,
+        )
+        return super().change_view(
+            request, object_id, form_url, {**(extra_context or {}), "refresh": refresh}
+        )

@@ -126,3 +126,66 @@ class ConsolidationRun(models.Model):
 
     def __str__(self) -> str:
         return f"Consolidation {self.started_at:%Y-%m-%d %H:%M:%S} ({self.status})"
+
+
+class ImportMapping(models.Model):
+    """How a client's legacy customer files map onto our fields (aggregation/imports.py)."""
+
+    class Format(models.TextChoices):
+        CSV = "csv", "CSV (comma-separated, first line names the columns)"
+        JSONL = "jsonl", "JSON lines (one object per line)"
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="import_mappings")
+    name = models.CharField(max_length=100)
+    format = models.CharField(max_length=5, choices=Format.choices, default=Format.CSV)
+    columns = models.JSONField(
+        help_text='Our field -> your column, e.g. {"customer_id": "Customer No", '
+        '"email": "E-mail", "order_id": "Order", "order_date": "Date", "order_total": "Total", '
+        '"attributes": ["Tier"]}'
+    )
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["client", "name"], name="importmapping_client_name")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ImportJob(models.Model):
+    """One upload of legacy customer records, converted into the spool."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting to start"
+        RUNNING = "running", "Converting"
+        DONE = "done", "Converted; loaded by the next consolidation"
+        FAILED = "failed", "Failed"
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="import_jobs")
+    mapping = models.ForeignKey(ImportMapping, on_delete=models.PROTECT, related_name="jobs")
+    file_name = models.CharField(max_length=255)
+    path = models.CharField(max_length=500, help_text="Where the uploaded file is kept.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    encoding = models.CharField(max_length=20, blank=True)
+    bytes_total = models.PositiveBigIntegerField(default=0)
+    bytes_done = models.PositiveBigIntegerField(default=0)
+    rows = models.PositiveIntegerField(default=0)
+    records = models.PositiveIntegerField(default=0)
+    rejected_rows = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.file_name} ({self.status})"
+
+    @property
+    def progress_percent(self) -> int:
+        if self.status == self.Status.DONE:
+            return 100
+        return int(100 * self.bytes_done / self.bytes_total) if self.bytes_total else 0

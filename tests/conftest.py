@@ -18,6 +18,7 @@ def static_root_present():
 @pytest.fixture(autouse=True)
 def isolated_storage(settings, tmp_path):
     """Each test gets its own spool and table directories, an empty Redis and fresh caches."""
+    settings.DATA_DIR = tmp_path
     settings.SPOOL_DIR = tmp_path / "spool"
     settings.TABLE_STORE_DIR = tmp_path / "tables"
     settings.DELIVERY_REFRESH_SECONDS = 0

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 import factory
 from django.contrib.auth import get_user_model
 
-from aggregation.models import Event, Profile
+from aggregation.models import Event, ImportJob, ImportMapping, Profile
 from campaigns.models import Attachment, Campaign, Content, Placement
 from coremetrics.models import Client, Membership, Site
 from delivery.identity import visitor_id_issue
@@ -131,3 +131,22 @@ class EventFactory(factory.django.DjangoModelFactory):
     session_id = "6b000000.000000000000"
     occurred_at = MOMENT
     received_at = MOMENT
+
+
+class ImportMappingFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = ImportMapping
+
+    client = factory.SubFactory(ClientFactory)
+    name = factory.Sequence(lambda n: f"Mapping {n}")
+    columns = {"customer_id": "id", "email": "email"}
+
+
+class ImportJobFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = ImportJob
+
+    mapping = factory.SubFactory(ImportMappingFactory)
+    client = factory.SelfAttribute("mapping.client")
+    file_name = factory.Sequence(lambda n: f"customers-{n}.csv")
+    path = "/nonexistent"

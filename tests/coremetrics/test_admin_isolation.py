@@ -9,7 +9,7 @@ from django.contrib.messages import get_messages
 from django.db import models
 from django.urls import reverse
 
-from aggregation.models import ConsolidationRun, Event, Profile
+from aggregation.models import ConsolidationRun, Event, ImportJob, ImportMapping, Profile
 from campaigns.models import Attachment, Campaign, Content, Placement
 from coremetrics.models import Client
 from delivery.models import Visitor
@@ -20,6 +20,8 @@ from tests.factories import (
     CampaignFactory,
     ContentFactory,
     EventFactory,
+    ImportJobFactory,
+    ImportMappingFactory,
     PlacementFactory,
     ProfileFactory,
     SegmentFactory,
@@ -139,6 +141,22 @@ KINDS = {
     ),
     "visitor": Kind(
         Visitor, lambda client, tag: VisitorFactory(client=client, visitor_id=f"{tag}-visitor")
+    ),
+    "importmapping": Kind(
+        ImportMapping,
+        lambda client, tag: ImportMappingFactory(client=client, name=f"{tag} mapping"),
+        lambda row: {
+            "name": "renamed mapping",
+            "format": "jsonl",
+            "columns": json.dumps({"email": "mail"}),
+        },
+        {"name": "renamed mapping", "format": "jsonl", "columns": {"email": "mail"}},
+    ),
+    "importjob": Kind(
+        ImportJob,
+        lambda client, tag: ImportJobFactory(
+            mapping__client=client, file_name=f"{tag}-customers.csv"
+        ),
     ),
 }
 EDITABLE = [name for name, kind in KINDS.items() if not kind.is_read_only]
@@ -514,7 +532,7 @@ def test_marketer_index_lists_only_tenant_apps(client, marketer):
         app["app_label"]: sorted(model["object_name"] for model in app["models"])
         for app in response.context["app_list"]
     } == {
-        "aggregation": ["Event", "Profile"],
+        "aggregation": ["Event", "ImportJob", "ImportMapping", "Profile"],
         "campaigns": ["Attachment", "Campaign", "Content", "Placement"],
         "coremetrics": ["Client"],
         "delivery": ["Visitor"],

@@ -1,0 +1,154 @@
+"""Imports of legacy customer records (A4): upload, conversion into the spool, error report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from aggregation import spool
+from aggregation.imports import cell_safe, mapping_validate, row_records
+from aggregation.models import ImportJob, ImportMapping
+from aggregation.records import RecordError
+
+logger = logging.getLogger(__name__)
+
+# Rows converted between two progress updates and spool appends: about 5,000 records in
+# memory (~10 MB), whatever the size of the file.
+BATCH_ROWS = 2_500
+ENCODINGS = ("utf-8-sig", "latin-1")  # utf-8-sig reads plain UTF-8 too; Latin-1 reads anything
+
+
+def imports_dir() -> Path:
+    return Path(settings.DATA_DIR) / "imports"
+
+
+@transaction.atomic
+def import_job_create(
+    *, mapping: ImportMapping, file_name: str, source: IO[bytes], enqueue: bool = True
+) -> ImportJob:
+    """Keep the uploaded file and queue its conversion (after commit) unless told not to."""
+    mapping_validate(mapping.columns)
+    directory = imports_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{uuid.uuid4().hex}.{mapping.format}"
+    with path.open("wb") as target:
+        shutil.copyfileobj(source, target)
+    job = ImportJob.objects.create(
+        client_id=mapping.client_id,
+        mapping=mapping,
+        file_name=file_name[:255],
+        path=str(path),
+        bytes_total=path.stat().st_size,
+    )
+    if enqueue:
+        from aggregation.tasks import import_run
+
+        transaction.on_commit(lambda: import_run.delay(job.pk))
+    return job
+
+
+def import_job_run(*, job_id: int) -> ImportJob:
+    """Convert the file into spool records; idempotent (event ids come from the content)."""
+    job = ImportJob.objects.select_related("mapping").get(pk=job_id)
+    if job.status == ImportJob.Status.DONE:
+        return job
+    job.status = ImportJob.Status.RUNNING
+    job.save(update_fields=["status"])
+    for encoding in ENCODINGS:
+        try:
+            _convert(job, encoding)
+            break
+        except UnicodeDecodeError:
+            # Not UTF-8 after all: start again as Latin-1; records already spooled come out
+            # with the same ids for the rows read the same, and are loaded once.
+            continue
+        except Exception as error:
+            logger.exception("import %s failed", job.pk)
+            job.status = ImportJob.Status.FAILED
+            job.error = f"{type(error).__name__}: {error}"
+            job.finished_at = timezone.now()
+            job.save(update_fields=["status", "error", "finished_at"])
+            return job
+    job.status = ImportJob.Status.DONE
+    job.finished_at = timezone.now()
+    job.save(update_fields=["status", "finished_at"])
+    return job
+
+
+def _convert(job: ImportJob, encoding: str) -> None:
+    mapping = job.mapping.columns
+    now = timezone.now()
+    job.encoding, job.rows, job.records, job.rejected_rows, job.bytes_done = encoding, 0, 0, 0, 0
+    report = error_report_path(job)
+    with open(job.path, "rb") as raw, report.open("w", newline="", encoding="utf-8") as out:
+        errors = csv.writer(out)
+        errors.writerow(["line", "reason"])
+        batch: list[dict] = []
+        for line, row in _rows(raw, job.mapping.format, encoding):
+            job.rows += 1
+            try:
+                if isinstance(row, str):
+                    raise RecordError(row)
+                batch += row_records(row, mapping=mapping, client_id=job.client_id, now=now)
+            except RecordError as error:
+                job.rejected_rows += 1
+                errors.writerow([line, cell_safe(str(error))])
+            if job.rows % BATCH_ROWS == 0:
+                _flush(job, batch, raw)
+                batch = []
+        _flush(job, batch, raw)
+
+
+def _flush(job: ImportJob, batch: list[dict], raw: IO[bytes]) -> None:
+    spool.spool_append(batch)
+    job.records += len(batch)
+    job.bytes_done = raw.tell()
+    job.save(update_fields=["encoding", "rows", "records", "rejected_rows", "bytes_done"])
+
+
+def _rows(raw: IO[bytes], kind: str, encoding: str) -> Iterator[tuple[int, dict | str]]:
+    """(line number, row) pairs; a row that cannot be read is given as its reason."""
+    text = io.TextIOWrapper(raw, encoding=encoding, newline="")
+    try:
+        yield from _rows_of(text, kind)
+    finally:
+        # Give the file back open: the wrapper would close it when collected.
+        text.detach()
+
+
+def _rows_of(text: IO[str], kind: str) -> Iterator[tuple[int, dict | str]]:
+    if kind == ImportMapping.Format.CSV:
+        reader = csv.DictReader(text)
+        for row in reader:
+            if None in row:
+                yield reader.line_num, "more cells than the header names"
+            else:
+                yield reader.line_num, row
+        return
+    for number, line in enumerate(text, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            yield number, "not JSON"
+            continue
+        if not isinstance(value, dict):
+            yield number, "not a JSON object"
+            continue
+        yield number, {str(k): "" if v is None else str(v) for k, v in value.items()}
+
+
+def error_report_path(job: ImportJob) -> Path:
+    return imports_dir() / f"job-{job.pk}-errors.csv"
