@@ -189,3 +189,29 @@ class ImportJob(models.Model):
         if self.status == self.Status.DONE:
             return 100
         return int(100 * self.bytes_done / self.bytes_total) if self.bytes_total else 0
+
+
+class VisitorLink(models.Model):
+    """One visitor id joined to another's profile (B5): same client, same email address.
+
+    The canonical visitor is the one seen first; its profile holds the events of every visitor
+    linked to it, and the lookup tables answer the linked ids as they answer the canonical one.
+    """
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="visitor_links")
+    visitor_id = models.CharField(max_length=64)
+    canonical_id = models.CharField(max_length=64)
+    email = models.EmailField(max_length=254)
+    linked_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-linked_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["client", "visitor_id"], name="visitorlink_client_visitor_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["client", "canonical_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.visitor_id} → {self.canonical_id}"

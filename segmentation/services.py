@@ -13,7 +13,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from aggregation.selectors import profiles_matching
+from aggregation.selectors import profiles_matching, visitor_links
 from campaigns.selectors import (
     attachments_for_campaign,
     campaign_get,
@@ -66,6 +66,10 @@ def _table_compute(campaign) -> TableContent:
             table.visitors.setdefault(visitor_id, attachment.content_id)
         table.segment_counts[attachment.segment.name] = matched
         table.contents[attachment.content_id] = content_answer(attachment.content)
+    # A visitor joined to another's profile (same email) gets what that profile gets.
+    for alias, canonical in visitor_links(client_id=campaign.client_id).items():
+        if canonical in table.visitors:
+            table.visitors[alias] = table.visitors[canonical]
     return table
 
 

@@ -20,11 +20,13 @@ from pathlib import Path
 import orjson
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Min
+from django.db.models.functions import Lower
 from django.utils import timezone
 from psycopg2.extras import Json, execute_values
 
 from aggregation import spool
-from aggregation.models import ConsolidationRun, Event, Profile
+from aggregation.models import ConsolidationRun, Event, Profile, VisitorLink
 from aggregation.profiles import EventRow, profile_compute
 from aggregation.records import RecordError, delivery_record, event_from_tag, record_parse
 from coremetrics.models import Client
@@ -336,8 +338,14 @@ def _slice_load(records: list[dict], result: FileResult) -> None:
         touched: dict[int, set[str]] = defaultdict(set)
         for record in records:
             touched[record["client"]].add(record["visitor_id"])
+        emails: dict[int, dict[str, str]] = defaultdict(dict)
+        for record in records:
+            if record["email"]:
+                emails[record["client"]][record["visitor_id"]] = record["email"].lower()
         # Ascending clients: with _visitors_lock's ascending buckets, one global lock order.
         for client_id, visitor_ids in sorted(touched.items()):
+            if emails[client_id]:
+                identities_stitch(client_id=client_id, emails=emails[client_id])
             result.profiles += profiles_rebuild(client_id=client_id, visitor_ids=visitor_ids)
     result.loaded += loaded
     result.duplicates += len(records) - loaded
@@ -451,39 +459,109 @@ def _visitors_lock(client_id: int, visitor_ids: list[str]) -> None:
         )
 
 
+def identities_stitch(*, client_id: int, emails: dict[str, str]) -> None:
+    """Join visitors who gave the same email under one profile (B5; docs/aggregation.md).
+
+    The visitor seen first becomes (or stays) canonical; every other visitor with that email,
+    and every visitor already linked to one of them, is linked to it.
+    """
+    by_email: dict[str, set[str]] = defaultdict(set)
+    for visitor_id, email in emails.items():
+        by_email[email].add(visitor_id)
+    known = Profile.objects.filter(client_id=client_id).annotate(lower_email=Lower("email"))
+    for email, visitor_ids in by_email.items():
+        visitor_ids |= set(known.filter(lower_email=email).values_list("visitor_id", flat=True))
+        links = dict(
+            VisitorLink.objects.filter(client_id=client_id, visitor_id__in=visitor_ids).values_list(
+                "visitor_id", "canonical_id"
+            )
+        )
+        canonicals = {links.get(visitor_id, visitor_id) for visitor_id in visitor_ids}
+        if len(canonicals) < 2:
+            continue
+        seen = dict(
+            Event.objects.filter(client_id=client_id, visitor_id__in=canonicals)
+            .values("visitor_id")
+            .annotate(first=Min("occurred_at"))
+            .values_list("visitor_id", "first")
+        )
+        chosen = min(canonicals, key=lambda v: (seen.get(v) or timezone.now(), v))
+        others = canonicals - {chosen}
+        VisitorLink.objects.filter(client_id=client_id, canonical_id__in=others).update(
+            canonical_id=chosen
+        )
+        VisitorLink.objects.bulk_create(
+            [
+                VisitorLink(client_id=client_id, visitor_id=v, canonical_id=chosen, email=email)
+                for v in others
+            ],
+            update_conflicts=True,
+            unique_fields=["client", "visitor_id"],
+            update_fields=["canonical_id", "email", "linked_at"],
+        )
+        Profile.objects.filter(client_id=client_id, visitor_id__in=others).delete()
+
+
 def profiles_rebuild(*, client_id: int, visitor_ids: set[str]) -> int:
-    """Recompute the profiles (and visitor rows) of these visitors from all their events."""
+    """Recompute the profiles (and visitor rows) of these visitors from all their events; a
+    visitor linked to another (identities_stitch) counts in that one's profile."""
     now = timezone.now()
     idle = timedelta(minutes=settings.SESSION_IDLE_MINUTES)
-    ordered = sorted(visitor_ids)
+    links = _links_of(client_id, visitor_ids)
+    canonicals = sorted({links.get(visitor_id, visitor_id) for visitor_id in visitor_ids})
+    members: dict[str, set[str]] = {canonical: {canonical} for canonical in canonicals}
+    for alias, canonical in _links_to(client_id, canonicals).items():
+        members[canonical].add(alias)
     written = 0
-    _visitors_lock(client_id, ordered)
-    for start in range(0, len(ordered), PROFILE_BATCH):
-        batch = ordered[start : start + PROFILE_BATCH]
-        rows = _events_of(client_id, batch)
+    _visitors_lock(client_id, canonicals)
+    for start in range(0, len(canonicals), PROFILE_BATCH):
+        batch = canonicals[start : start + PROFILE_BATCH]
+        member_ids = [member for canonical in batch for member in members[canonical]]
+        rows = _events_of(client_id, member_ids)
+        merged: dict[str, list[EventRow]] = defaultdict(list)
+        for canonical in batch:
+            for member in members[canonical]:
+                merged[canonical] += rows.get(member, [])
         profiles = [
             Profile(
                 client_id=client_id,
                 visitor_id=visitor_id,
                 **profile_compute(events, now=now, idle=idle),
             )
-            for visitor_id, events in rows.items()
+            for visitor_id, events in merged.items()
+            if events
         ]
         _profiles_upsert(profiles)
         visitors_upsert(
             client_id=client_id,
             visitors=[
                 VisitorSeen(
-                    visitor_id=profile.visitor_id,
-                    first_seen_at=profile.first_seen_at,
-                    last_seen_at=profile.last_seen_at,
-                    session_id=_last_session(rows[profile.visitor_id]),
+                    visitor_id=visitor_id,
+                    first_seen_at=min(row.occurred_at for row in events),
+                    last_seen_at=max(row.occurred_at for row in events),
+                    session_id=_last_session(events),
                 )
-                for profile in profiles
+                for visitor_id, events in rows.items()
             ],
         )
         written += len(profiles)
     return written
+
+
+def _links_of(client_id: int, visitor_ids: set[str]) -> dict[str, str]:
+    return dict(
+        VisitorLink.objects.filter(client_id=client_id, visitor_id__in=visitor_ids).values_list(
+            "visitor_id", "canonical_id"
+        )
+    )
+
+
+def _links_to(client_id: int, canonicals: list[str]) -> dict[str, str]:
+    return dict(
+        VisitorLink.objects.filter(client_id=client_id, canonical_id__in=canonicals).values_list(
+            "visitor_id", "canonical_id"
+        )
+    )
 
 
 EVENT_ROW_FIELDS = list(EventRow.__dataclass_fields__)
