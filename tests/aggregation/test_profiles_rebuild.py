@@ -51,7 +51,7 @@ def _event(rng, client_id, visitor_id, moment) -> dict:
         "order_id": f"o{rng.randrange(3)}" if kind == "purchase" else "",
         "value": str(Decimal(rng.randrange(1000, 50000)) / 100) if kind == "purchase" else None,
         "currency": "USD" if kind == "purchase" else "",
-        "email": rng.choice(["", "", "ann@example.com", "bob@example.com"]),
+        "email": rng.choice(["", f"{visitor_id[:8].lower()}@example.com"]),
         "properties": {"tier": rng.choice(["gold", "silver"]), "name": "x"}
         if kind == "custom"
         else {},
