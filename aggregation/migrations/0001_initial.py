@@ -5,157 +5,342 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('coremetrics', '0001_initial'),
+        ("coremetrics", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ConsolidationRun',
+            name="ConsolidationRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('status', models.CharField(choices=[('running', 'Running'), ('done', 'Done'), ('failed', 'Failed'), ('skipped', 'Skipped (another run was under way)')], default='running', max_length=10)),
-                ('files', models.PositiveIntegerField(default=0)),
-                ('lines', models.PositiveIntegerField(default=0)),
-                ('loaded', models.PositiveIntegerField(default=0)),
-                ('duplicates', models.PositiveIntegerField(default=0)),
-                ('bad_lines', models.PositiveIntegerField(default=0)),
-                ('profiles_updated', models.PositiveIntegerField(default=0)),
-                ('client_ids', models.JSONField(blank=True, default=list, help_text='Clients whose events this run loaded.')),
-                ('error', models.TextField(blank=True)),
-                ('started_at', models.DateTimeField(auto_now_add=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("running", "Running"),
+                            ("done", "Done"),
+                            ("failed", "Failed"),
+                            ("skipped", "Skipped (another run was under way)"),
+                        ],
+                        default="running",
+                        max_length=10,
+                    ),
+                ),
+                ("files", models.PositiveIntegerField(default=0)),
+                ("lines", models.PositiveIntegerField(default=0)),
+                ("loaded", models.PositiveIntegerField(default=0)),
+                ("duplicates", models.PositiveIntegerField(default=0)),
+                ("bad_lines", models.PositiveIntegerField(default=0)),
+                ("profiles_updated", models.PositiveIntegerField(default=0)),
+                (
+                    "client_ids",
+                    models.JSONField(
+                        blank=True, default=list, help_text="Clients whose events this run loaded."
+                    ),
+                ),
+                ("error", models.TextField(blank=True)),
+                ("started_at", models.DateTimeField(auto_now_add=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'ordering': ['-started_at'],
+                "ordering": ["-started_at"],
             },
         ),
         migrations.CreateModel(
-            name='ImportMapping',
+            name="ImportMapping",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('format', models.CharField(choices=[('csv', 'CSV (comma-separated, first line names the columns)'), ('jsonl', 'JSON lines (one object per line)')], default='csv', max_length=5)),
-                ('columns', models.JSONField(help_text='Our field -> your column, e.g. {"customer_id": "Customer No", "email": "E-mail", "order_id": "Order", "order_date": "Date", "order_total": "Total", "attributes": ["Tier"]}')),
-                ('client', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='import_mappings', to='coremetrics.client')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "format",
+                    models.CharField(
+                        choices=[
+                            ("csv", "CSV (comma-separated, first line names the columns)"),
+                            ("jsonl", "JSON lines (one object per line)"),
+                        ],
+                        default="csv",
+                        max_length=5,
+                    ),
+                ),
+                (
+                    "columns",
+                    models.JSONField(
+                        help_text='Our field -> your column, e.g. {"customer_id": "Customer No", "email": "E-mail", "order_id": "Order", "order_date": "Date", "order_total": "Total", "attributes": ["Tier"]}'
+                    ),
+                ),
+                (
+                    "client",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="import_mappings",
+                        to="coremetrics.client",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='ImportJob',
+            name="ImportJob",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('file_name', models.CharField(max_length=255)),
-                ('path', models.CharField(help_text='Where the uploaded file is kept.', max_length=500)),
-                ('status', models.CharField(choices=[('pending', 'Waiting to start'), ('running', 'Converting'), ('done', 'Converted; loaded by the next consolidation'), ('failed', 'Failed')], default='pending', max_length=10)),
-                ('encoding', models.CharField(blank=True, max_length=20)),
-                ('bytes_total', models.PositiveBigIntegerField(default=0)),
-                ('bytes_done', models.PositiveBigIntegerField(default=0)),
-                ('rows', models.PositiveIntegerField(default=0)),
-                ('records', models.PositiveIntegerField(default=0)),
-                ('rejected_rows', models.PositiveIntegerField(default=0)),
-                ('error', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('client', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='import_jobs', to='coremetrics.client')),
-                ('mapping', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='jobs', to='aggregation.importmapping')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("file_name", models.CharField(max_length=255)),
+                (
+                    "path",
+                    models.CharField(help_text="Where the uploaded file is kept.", max_length=500),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Waiting to start"),
+                            ("running", "Converting"),
+                            ("done", "Converted; loaded by the next consolidation"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=10,
+                    ),
+                ),
+                ("encoding", models.CharField(blank=True, max_length=20)),
+                ("bytes_total", models.PositiveBigIntegerField(default=0)),
+                ("bytes_done", models.PositiveBigIntegerField(default=0)),
+                ("rows", models.PositiveIntegerField(default=0)),
+                ("records", models.PositiveIntegerField(default=0)),
+                ("rejected_rows", models.PositiveIntegerField(default=0)),
+                ("error", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "client",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="import_jobs",
+                        to="coremetrics.client",
+                    ),
+                ),
+                (
+                    "mapping",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="jobs",
+                        to="aggregation.importmapping",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='Profile',
+            name="Profile",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('visitor_id', models.CharField(max_length=64)),
-                ('visits', models.PositiveIntegerField(default=0)),
-                ('page_views', models.PositiveIntegerField(default=0)),
-                ('product_views', models.PositiveIntegerField(default=0)),
-                ('products_viewed', models.PositiveIntegerField(default=0, help_text='Distinct products.')),
-                ('categories', models.JSONField(blank=True, default=dict, help_text='Views per category (product and category views).')),
-                ('cart_adds', models.PositiveIntegerField(default=0)),
-                ('cart_removes', models.PositiveIntegerField(default=0)),
-                ('cart_abandonments', models.PositiveIntegerField(default=0)),
-                ('purchases', models.PositiveIntegerField(default=0)),
-                ('total_spent', models.DecimalField(decimal_places=2, default=0, max_digits=20)),
-                ('average_order_value', models.DecimalField(decimal_places=2, default=0, max_digits=20)),
-                ('source', models.CharField(choices=[('direct', 'Direct'), ('referral', 'Referral'), ('search', 'Search engine'), ('campaign', 'Campaign'), ('email', 'Email')], default='direct', max_length=10)),
-                ('email', models.EmailField(blank=True, max_length=254)),
-                ('attributes', models.JSONField(blank=True, default=dict)),
-                ('first_seen_at', models.DateTimeField()),
-                ('last_seen_at', models.DateTimeField()),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('client', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='profiles', to='coremetrics.client')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("visitor_id", models.CharField(max_length=64)),
+                ("visits", models.PositiveIntegerField(default=0)),
+                ("page_views", models.PositiveIntegerField(default=0)),
+                ("product_views", models.PositiveIntegerField(default=0)),
+                (
+                    "products_viewed",
+                    models.PositiveIntegerField(default=0, help_text="Distinct products."),
+                ),
+                (
+                    "categories",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text="Views per category (product and category views).",
+                    ),
+                ),
+                ("cart_adds", models.PositiveIntegerField(default=0)),
+                ("cart_removes", models.PositiveIntegerField(default=0)),
+                ("cart_abandonments", models.PositiveIntegerField(default=0)),
+                ("purchases", models.PositiveIntegerField(default=0)),
+                ("total_spent", models.DecimalField(decimal_places=2, default=0, max_digits=20)),
+                (
+                    "average_order_value",
+                    models.DecimalField(decimal_places=2, default=0, max_digits=20),
+                ),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[
+                            ("direct", "Direct"),
+                            ("referral", "Referral"),
+                            ("search", "Search engine"),
+                            ("campaign", "Campaign"),
+                            ("email", "Email"),
+                        ],
+                        default="direct",
+                        max_length=10,
+                    ),
+                ),
+                ("email", models.EmailField(blank=True, max_length=254)),
+                ("attributes", models.JSONField(blank=True, default=dict)),
+                ("first_seen_at", models.DateTimeField()),
+                ("last_seen_at", models.DateTimeField()),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "client",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="profiles",
+                        to="coremetrics.client",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-last_seen_at'],
+                "ordering": ["-last_seen_at"],
             },
         ),
         migrations.CreateModel(
-            name='VisitorLink',
+            name="VisitorLink",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('visitor_id', models.CharField(max_length=64)),
-                ('canonical_id', models.CharField(max_length=64)),
-                ('email', models.EmailField(max_length=254)),
-                ('linked_at', models.DateTimeField(auto_now=True)),
-                ('client', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='visitor_links', to='coremetrics.client')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("visitor_id", models.CharField(max_length=64)),
+                ("canonical_id", models.CharField(max_length=64)),
+                ("email", models.EmailField(max_length=254)),
+                ("linked_at", models.DateTimeField(auto_now=True)),
+                (
+                    "client",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="visitor_links",
+                        to="coremetrics.client",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-linked_at'],
+                "ordering": ["-linked_at"],
             },
         ),
         migrations.CreateModel(
-            name='Event',
+            name="Event",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('event_id', models.UUIDField()),
-                ('type', models.CharField(choices=[('delivery', 'Delivery'), ('page_view', 'Page view'), ('product_view', 'Product view'), ('category_view', 'Category view'), ('search', 'Search'), ('cart_add', 'Cart add'), ('cart_remove', 'Cart remove'), ('checkout', 'Checkout'), ('purchase', 'Purchase'), ('custom', 'Custom')], max_length=20)),
-                ('visitor_id', models.CharField(max_length=64)),
-                ('session_id', models.CharField(blank=True, max_length=64)),
-                ('occurred_at', models.DateTimeField()),
-                ('received_at', models.DateTimeField()),
-                ('url', models.CharField(blank=True, max_length=2000)),
-                ('referrer', models.CharField(blank=True, max_length=2000)),
-                ('campaign_key', models.CharField(blank=True, max_length=60)),
-                ('placement_key', models.CharField(blank=True, max_length=60)),
-                ('content_id', models.BigIntegerField(blank=True, null=True)),
-                ('table_version', models.PositiveIntegerField(blank=True, null=True)),
-                ('product_id', models.CharField(blank=True, max_length=100)),
-                ('category', models.CharField(blank=True, max_length=100)),
-                ('order_id', models.CharField(blank=True, max_length=100)),
-                ('value', models.DecimalField(blank=True, decimal_places=2, max_digits=14, null=True)),
-                ('currency', models.CharField(blank=True, max_length=3)),
-                ('email', models.EmailField(blank=True, max_length=254)),
-                ('properties', models.JSONField(blank=True, default=dict)),
-                ('client', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='coremetrics.client')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("event_id", models.UUIDField()),
+                (
+                    "type",
+                    models.CharField(
+                        choices=[
+                            ("delivery", "Delivery"),
+                            ("page_view", "Page view"),
+                            ("product_view", "Product view"),
+                            ("category_view", "Category view"),
+                            ("search", "Search"),
+                            ("cart_add", "Cart add"),
+                            ("cart_remove", "Cart remove"),
+                            ("checkout", "Checkout"),
+                            ("purchase", "Purchase"),
+                            ("custom", "Custom"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("visitor_id", models.CharField(max_length=64)),
+                ("session_id", models.CharField(blank=True, max_length=64)),
+                ("occurred_at", models.DateTimeField()),
+                ("received_at", models.DateTimeField()),
+                ("url", models.CharField(blank=True, max_length=2000)),
+                ("referrer", models.CharField(blank=True, max_length=2000)),
+                ("campaign_key", models.CharField(blank=True, max_length=60)),
+                ("placement_key", models.CharField(blank=True, max_length=60)),
+                ("content_id", models.BigIntegerField(blank=True, null=True)),
+                ("table_version", models.PositiveIntegerField(blank=True, null=True)),
+                ("product_id", models.CharField(blank=True, max_length=100)),
+                ("category", models.CharField(blank=True, max_length=100)),
+                ("order_id", models.CharField(blank=True, max_length=100)),
+                (
+                    "value",
+                    models.DecimalField(blank=True, decimal_places=2, max_digits=14, null=True),
+                ),
+                ("currency", models.CharField(blank=True, max_length=3)),
+                ("email", models.EmailField(blank=True, max_length=254)),
+                ("properties", models.JSONField(blank=True, default=dict)),
+                (
+                    "client",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="coremetrics.client",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-occurred_at'],
-                'indexes': [models.Index(fields=['client', 'visitor_id', 'occurred_at'], name='aggregation_client__668e97_idx'), models.Index(fields=['client', 'type', 'occurred_at'], name='aggregation_client__3b3ec9_idx')],
-                'constraints': [models.UniqueConstraint(fields=('client', 'event_id'), name='event_client_id_unique')],
+                "ordering": ["-occurred_at"],
+                "indexes": [
+                    models.Index(
+                        fields=["client", "visitor_id", "occurred_at"],
+                        name="aggregation_client__668e97_idx",
+                    ),
+                    models.Index(
+                        fields=["client", "type", "occurred_at"],
+                        name="aggregation_client__3b3ec9_idx",
+                    ),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("client", "event_id"), name="event_client_id_unique"
+                    )
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='importmapping',
-            constraint=models.UniqueConstraint(fields=('client', 'name'), name='importmapping_client_name'),
+            model_name="importmapping",
+            constraint=models.UniqueConstraint(
+                fields=("client", "name"), name="importmapping_client_name"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='profile',
-            constraint=models.UniqueConstraint(fields=('client', 'visitor_id'), name='profile_client_visitor_unique'),
+            model_name="profile",
+            constraint=models.UniqueConstraint(
+                fields=("client", "visitor_id"), name="profile_client_visitor_unique"
+            ),
         ),
         migrations.AddIndex(
-            model_name='visitorlink',
-            index=models.Index(fields=['client', 'canonical_id'], name='aggregation_client__6354f0_idx'),
+            model_name="visitorlink",
+            index=models.Index(
+                fields=["client", "canonical_id"], name="aggregation_client__6354f0_idx"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='visitorlink',
-            constraint=models.UniqueConstraint(fields=('client', 'visitor_id'), name='visitorlink_client_visitor_unique'),
+            model_name="visitorlink",
+            constraint=models.UniqueConstraint(
+                fields=("client", "visitor_id"), name="visitorlink_client_visitor_unique"
+            ),
         ),
     ]
