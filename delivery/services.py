@@ -6,6 +6,9 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.db import connection
+from psycopg2.extras import Json, execute_values
+
 from campaigns.selectors import campaigns_active, content_answer
 from coremetrics.models import Client
 from delivery.models import Visitor
@@ -62,6 +65,30 @@ class VisitorSeen:
 
 def visitors_upsert(*, client_id: int, visitors: list[VisitorSeen]) -> None:
     """Record issued visitor ids seen in events, with the server-side copy of their cookie (D5)."""
+    if connection.vendor == "postgresql":
+        # One statement per batch without the ORM's per-field work: consolidation calls this
+        # for every visitor it loads.
+        with connection.cursor() as cursor:
+            execute_values(
+                cursor.cursor,
+                "INSERT INTO delivery_visitor "
+                "(client_id, visitor_id, first_seen_at, last_seen_at, cookie_data) VALUES %s "
+                "ON CONFLICT (client_id, visitor_id) DO UPDATE SET "
+                "first_seen_at = EXCLUDED.first_seen_at, last_seen_at = EXCLUDED.last_seen_at, "
+                "cookie_data = EXCLUDED.cookie_data",
+                [
+                    (
+                        client_id,
+                        seen.visitor_id,
+                        seen.first_seen_at,
+                        seen.last_seen_at,
+                        Json({"visitor": seen.visitor_id, "session": seen.session_id}),
+                    )
+                    for seen in visitors
+                ],
+                page_size=1000,
+            )
+        return
     Visitor.objects.bulk_create(
         [
             Visitor(

@@ -285,16 +285,22 @@ def _attempt_count(path: Path) -> None:
 # A file is loaded in slices of this many lines, one transaction each, so memory stays bounded
 # (about 2 KB a line: the line, its parsed record, its CSV row) whatever the file's size.
 SLICE_LINES = 20_000
+# Profiles recomputed in one transaction (their visitors stay locked until it commits).
+PROFILES_PER_TRANSACTION = 5_000
 
 
 def spool_file_load(*, path: Path) -> FileResult:
-    """Archive one closed file, load it slice by slice with its visitors' profiles, remove it.
+    """Archive one closed file, load it slice by slice, recompute its visitors' profiles,
+    remove it.
 
-    A crash anywhere leaves the file in closed/; the next run loads it again and the unique
-    event ids make loading an already loaded slice add nothing.
+    A crash anywhere leaves the file in closed/; the next run loads it again (the unique event
+    ids make an already loaded slice add nothing) and recomputes the same profiles.
     """
     paths = spool.spool_paths()
     result = FileResult()
+    # Bounded by the file's distinct visitors (about 100 bytes each), not by its lines.
+    touched: dict[int, set[str]] = defaultdict(set)
+    emails: dict[int, dict[str, str]] = defaultdict(dict)
     _archive(path, paths["archive"])
     known_clients: dict[int, bool] = {}
     paths["dead"].mkdir(parents=True, exist_ok=True)
@@ -324,7 +330,22 @@ def spool_file_load(*, path: Path) -> FileResult:
                     _dead_write(dead_file, number, f"unknown client {record['client']}", line)
             result.lines += len(lines)
             result.bad_lines += len(lines) - len(records)
-            _slice_load(records, result)
+            _slice_load(records, result, touched, emails)
+    # Profiles once per file, after its events: a visitor in many slices is computed once.
+    # Ascending clients: with _visitors_lock's ascending buckets, one global lock order.
+    for client_id, visitor_ids in sorted(touched.items()):
+        if emails[client_id]:
+            with transaction.atomic():
+                identities_stitch(client_id=client_id, emails=emails[client_id])
+        ordered = sorted(visitor_ids)
+        for start in range(0, len(ordered), PROFILES_PER_TRANSACTION):
+            with transaction.atomic():
+                result.profiles += profiles_rebuild(
+                    client_id=client_id,
+                    visitor_ids=set(ordered[start : start + PROFILES_PER_TRANSACTION]),
+                )
+    # Their profiles changed (or a crashed run left them to change now): rebuild their tables.
+    result.client_ids = {client_id for client_id, visitor_ids in touched.items() if visitor_ids}
     if not result.bad_lines:
         dead_path.unlink()
     path.unlink()
@@ -332,25 +353,20 @@ def spool_file_load(*, path: Path) -> FileResult:
     return result
 
 
-def _slice_load(records: list[dict], result: FileResult) -> None:
+def _slice_load(
+    records: list[dict],
+    result: FileResult,
+    touched: dict[int, set[str]],
+    emails: dict[int, dict[str, str]],
+) -> None:
     with transaction.atomic():
         loaded = events_load(records=records)
-        touched: dict[int, set[str]] = defaultdict(set)
-        for record in records:
-            touched[record["client"]].add(record["visitor_id"])
-        emails: dict[int, dict[str, str]] = defaultdict(dict)
-        for record in records:
-            if record["email"]:
-                emails[record["client"]][record["visitor_id"]] = record["email"].lower()
-        # Ascending clients: with _visitors_lock's ascending buckets, one global lock order.
-        for client_id, visitor_ids in sorted(touched.items()):
-            if emails[client_id]:
-                identities_stitch(client_id=client_id, emails=emails[client_id])
-            result.profiles += profiles_rebuild(client_id=client_id, visitor_ids=visitor_ids)
+    for record in records:
+        touched[record["client"]].add(record["visitor_id"])
+        if record["email"]:
+            emails[record["client"]][record["visitor_id"]] = record["email"].lower()
     result.loaded += loaded
     result.duplicates += len(records) - loaded
-    if loaded:
-        result.client_ids |= set(touched)
 
 
 def _dead_write(file, number: int, reason: str, line: bytes) -> None:

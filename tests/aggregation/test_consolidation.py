@@ -157,7 +157,7 @@ def test_bad_lines_go_to_dead_letter_with_reason(shopper):
     assert Event.objects.filter(client=client).count() == 3
 
 
-def test_failure_mid_load_writes_nothing_and_next_run_loads_once(shopper, monkeypatch):
+def test_failure_before_profiles_keeps_the_file_and_next_run_completes_it(shopper, monkeypatch):
     client, visitor_id, records = shopper
     spool_append(records)
 
@@ -170,9 +170,10 @@ def test_failure_mid_load_writes_nothing_and_next_run_loads_once(shopper, monkey
 
     [name] = [path.name for path in spool_paths()["closed"].glob("*.jsonl")]
     assert (failed.status, failed.error) == ("failed", f"{name}: RuntimeError: worker killed")
-    assert Event.objects.count() == 0
+    assert (Event.objects.count(), Profile.objects.count()) == (4, 0)
     again = spool_consolidate()
-    assert (again.status, again.loaded, again.client_ids) == ("done", 4, [client.pk])
+    assert (again.status, again.loaded, again.duplicates) == ("done", 0, 4)
+    assert again.client_ids == [client.pk]  # so its tables are rebuilt all the same
     assert _profile(client, visitor_id) == EXPECTED_PROFILE
     assert list(spool_paths()["closed"].iterdir()) == []
 
