@@ -46,6 +46,8 @@ def collect(request: HttpRequest) -> HttpResponse:
         view = client_view_get(key=request.GET.get("k", ""))
     except QueryError as error:
         return _reply(request, error.status, {"error": str(error)})
+    if request.headers.get("Sec-GPC") == "1":
+        return _reply(request, 403, {"error": "Global Privacy Control is on: nothing is recorded"})
     body = request.read(limit + 1)
     if len(body) > limit:
         return _reply(request, 413, {"error": f"body is larger than {limit} bytes"})

@@ -12,11 +12,14 @@
   var FIELDS = ["product_id", "order_id", "value", "currency", "category", "query"];
   var EMAIL = /^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$/;
 
-  // A browser-level privacy signal is final; otherwise the client's mode decides until the
-  // page says otherwise with cm('consent', ...). A visitor cookie means an earlier grant.
+  // A browser-level privacy signal is final. Otherwise the visitor's stored choice (_cmc) holds
+  // until the page reports a new one with cm('consent', ...); without one, the client's mode.
+  var CONSENT = "_cmc";
   var signal = navigator.globalPrivacyControl === true || navigator.doNotTrack === "1" || window.doNotTrack === "1";
+  var stored = null;
+  try { stored = cookieGet(CONSENT); } catch (e) { signal = true; /* no cookies here: track nothing */ }
   var state = {
-    consent: signal ? "denied" : config.consent === "required" && !cookieGet(VISITOR) ? "pending" : "granted",
+    consent: signal ? "denied" : stored === "granted" || stored === "denied" ? stored : config.consent === "required" ? "pending" : "granted",
     visitor: null, session: null, held: [], placements: [], started: false, sending: false,
     backoff: 1000, timer: null, maxBatch: 50, nonce: config.nonce || (script && script.nonce) || "", retried: false
   };
@@ -29,11 +32,15 @@
     };
   }
 
+  function decode(text) {
+    try { return decodeURIComponent(text); } catch (e) { return text; } // a stray "%"
+  }
+
   function cookieGet(key) {
     var parts = document.cookie ? document.cookie.split("; ") : [];
     for (var i = 0; i < parts.length; i++) {
       var eq = parts[i].indexOf("=");
-      if (parts[i].slice(0, eq) === key) return decodeURIComponent(parts[i].slice(eq + 1));
+      if (parts[i].slice(0, eq) === key) return decode(parts[i].slice(eq + 1));
     }
     return null;
   }
@@ -65,6 +72,7 @@
 
   // Both the domain cookie and any host-only one of the same name (set by an older tag).
   function cookieDelete(key) {
+    if (cookieGet(key) === null) return;
     document.cookie = key + "=; path=/; max-age=0";
     cookieSet(key, "", 0);
   }
@@ -95,7 +103,7 @@
 
   function campaignOfPage() {
     var match = /[?&]utm_campaign=([^&#]*)/.exec(location.search);
-    return match ? decodeURIComponent(match[1].replace(/\+/g, " ")) : "";
+    return match ? decode(match[1].replace(/\+/g, " ")) : "";
   }
 
   // The session cookie holds "id|last activity ms|campaign"; a new campaign starts a new session,
@@ -113,17 +121,28 @@
     }
   }
 
+  // One request at a time: a consent given while the page starts must not issue two ids.
   function identify() {
     var visitor = cookieGet(VISITOR);
     if (visitor) { state.visitor = visitor; return Promise.resolve(); }
-    return fetch(endpoint("/d/v1/visitor", {}), { method: "POST", credentials: "omit" })
-      .then(function (r) { if (!r.ok) throw new Error("visitor id: HTTP " + r.status); return r.json(); })
+    if (state.identifying) return state.identifying;
+    state.identifying = fetch(endpoint("/d/v1/visitor", {}), { method: "POST", credentials: "omit" })
+      .then(function (r) {
+        // 403: the browser sends Global Privacy Control without telling the page; honour it.
+        if (r.status === 403) { state.consent = "denied"; forget(); }
+        if (!r.ok) throw new Error("visitor id: HTTP " + r.status);
+        return r.json();
+      })
       .then(function (data) {
+        state.identifying = null;
+        // Declined while the id was on its way: keep nothing.
+        if (state.consent !== "granted") throw new Error("consent withdrawn");
         state.visitor = data.visitor;
         state.session = data.session;
         cookieSet(VISITOR, data.visitor, config.cookieDays);
         sessionTouch();
-      });
+      }, function (e) { state.identifying = null; throw e; });
+    return state.identifying;
   }
 
   function placementElements(key) {
@@ -217,7 +236,7 @@
 
   function deliver() {
     var keys = placementKeys(), deadline = Date.now() + (config.timeout || 1500), timedOut = false;
-    var identified = state.consent === "granted";
+    var identified = state.consent === "granted" && !!state.visitor;
     var session = sessionRead();
     state.campaign = session.campaign;
     var params = identified
@@ -250,6 +269,7 @@
   }
 
   function queueWrite(events) {
+    if (state.consent !== "granted") return;
     try { localStorage.setItem(QUEUE, JSON.stringify(events.slice(-MAX_QUEUE))); } catch (e) { /* full or denied */ }
   }
 
@@ -341,6 +361,7 @@
   function consent(choice) {
     if (signal || (choice !== "granted" && choice !== "denied") || choice === state.consent) return;
     state.consent = choice;
+    cookieSet(CONSENT, choice, config.cookieDays);
     if (choice === "denied") return forget();
     var held = state.held;
     state.held = [];
@@ -364,8 +385,10 @@
   var start = safe(function () {
     if (state.started) return;
     state.started = true;
+    if (signal) forget();
     var first = state.consent === "granted" ? identify() : Promise.resolve();
-    first.then(deliver).then(function () { schedule(0); }).catch(function (e) {
+    // Without an id the page still gets each campaign's default content.
+    first.catch(function (e) { warn(e && e.message); }).then(deliver).then(function () { schedule(0); }).catch(function (e) {
       warn(e && e.message);
       ready("error");
     });

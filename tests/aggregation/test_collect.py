@@ -179,3 +179,15 @@ def test_a_client_over_its_rate_gets_429_with_retry_after(client, key, settings)
         "1",
     )
     assert len(_spooled()) == 3
+
+
+def test_global_privacy_control_header_records_nothing(client, key):
+    response = client.post(
+        f"{COLLECT}?k={key}", data=_batch([_event()]), content_type="text/plain", HTTP_SEC_GPC="1"
+    )
+
+    assert (response.status_code, response.json()) == (
+        403,
+        {"error": "Global Privacy Control is on: nothing is recorded"},
+    )
+    assert _spooled() == []

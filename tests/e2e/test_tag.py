@@ -303,7 +303,16 @@ def test_consent_required_stores_and_sends_nothing_until_granted(live_server, si
     assert views.count() == 1  # the view made before consent, sent once consent came
 
     page.click("#no")
-    assert (_cookies(page), _storage(page)) == ({}, 0)
+    assert {name: cookie["value"] for name, cookie in _cookies(page).items()} == {"_cmc": "denied"}
+    assert _storage(page) == 0
+
+    # the choice holds on the next page: nothing issued, stored or sent
+    page.goto(sites.origin("shop.localhost") + path)
+    _ready(page)
+    page.click("#view")
+    page.wait_for_timeout(1000)
+    assert set(_cookies(page)) == {"_cmc"}
+    assert (_storage(page), len(issued), len(sent)) == (0, 1, 1)
 
 
 GPC_ON = "Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true})"
@@ -450,6 +459,7 @@ def test_session_is_kept_between_pages_and_renewed_by_a_new_campaign(
         _ready(page)
         return answer.value.json()["session"]
 
+    assert session_of(origin + path + "?utm_campaign=50%off")  # a stray "%" breaks nothing
     first = session_of(origin + path)
     same = session_of(origin + path + "?utm_campaign=spring")
     still = session_of(origin + path + "?utm_campaign=spring")
@@ -458,3 +468,19 @@ def test_session_is_kept_between_pages_and_renewed_by_a_new_campaign(
     assert first != same  # arriving through a campaign starts its session
     assert same == still
     assert renewed not in (first, same)
+
+
+def test_privacy_header_alone_still_shows_defaults_and_keeps_nothing(
+    live_server, sites, shop, new_page
+):
+    page = new_page(extra_http_headers={"Sec-GPC": "1"})  # the page is not told
+    path = _serve(sites, live_server, shop, body=CONSENT)
+    sent = _requests(page, "/c/v1/collect")
+
+    page.goto(sites.origin("shop.localhost") + path)
+    _ready(page)
+    page.click("#view")
+    page.wait_for_timeout(1000)
+
+    assert page.locator("[data-cm-placement='hero'] img").count() == 1
+    assert (_cookies(page), _storage(page), sent) == ({}, 0, [])
