@@ -54,6 +54,19 @@ class TenantForm(forms.ModelForm):
 
     tenant_client: Client | None = None
 
+    def _post_clean(self):
+        # The client is not a field of a marketer's form; set it first so that the unique
+        # constraints that include it (names, keys) are checked as form errors, not a 500.
+        if self.tenant_client is not None and getattr(self.instance, "client_id", 1) is None:
+            self.instance.client = self.tenant_client
+        super()._post_clean()
+
+    def _get_validation_exclusions(self):
+        exclusions = super()._get_validation_exclusions()
+        if getattr(self.instance, "client_id", None) is not None:
+            exclusions.discard("client")
+        return exclusions
+
     def clean(self):
         cleaned = super().clean() or {}
         client = (

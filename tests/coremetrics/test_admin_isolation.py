@@ -676,3 +676,33 @@ def test_superuser_lists_consolidation_runs(client, superuser):
 
     assert response.status_code == 200
     assert result_pks(response) == {run.pk}
+
+
+RETURNING = {"field": "visits", "op": "gt", "value": 1}
+
+
+@pytest.mark.parametrize(
+    ("url_name", "make", "data"),
+    [
+        ("campaigns_content_add", lambda c: ContentFactory(client=c, name="Spring"),
+         {"name": "Spring", "type": "image", "url": "https://cdn.example/x.png", "click_url": "",
+          "html": "", "alt_text": ""}),
+        ("campaigns_placement_add", lambda c: PlacementFactory(client=c, key="hero"),
+         {"key": "hero", "name": "Hero"}),
+        ("segmentation_segment_add", lambda c: SegmentFactory(client=c, name="Buyers"),
+         {"name": "Buyers", "description": "", "rule": json.dumps(RETURNING)}),
+    ],
+)  # fmt: skip
+def test_marketer_duplicate_name_is_a_form_error_not_a_500(
+    client, client_a, marketer, url_name, make, data
+):
+    existing = make(client_a)
+    model = type(existing)
+    before = model.objects.count()
+
+    response = client.post(reverse(f"admin:{url_name}"), data)
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert list(errors) == ["__all__"]
+    assert model.objects.count() == before
