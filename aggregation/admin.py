@@ -147,6 +147,7 @@ class ImportJobAdmin(ReadOnlyTenantAdmin):
         "error_report",
     ]
     change_list_template = "admin/aggregation/importjob/change_list.html"
+    exclude = ["path"]  # the server's file system is nobody's business in the console
 
     @admin.display(description="Progress")
     def progress(self, job):

@@ -78,7 +78,12 @@ def row_records(row: dict[str, str], *, mapping: dict, client_id: int, now: date
     first_seen = cell("first_seen")
     seen_at = _date(first_seen, date_format, "first_seen") if first_seen else None
     visitor_id = visitor_id_for(client_id, customer_id or email)
-    content = "\x1f".join(f"{key}={value}" for key, value in sorted(row.items()) if key)
+    # Only the mapped columns make the id: an unmapped column that changes from one export to
+    # the next (an export date) must not make the same customer a new record.
+    mapped = [mapping.get(field) for field in FIELDS] + list(mapping.get("attributes", []))
+    content = "\x1f".join(
+        f"{column}={(row.get(column) or '').strip()}" for column in mapped if column
+    )
     attributes = {
         name: (row.get(name) or "").strip()[:200] for name in mapping.get("attributes", [])
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -26,7 +27,6 @@ logger = logging.getLogger(__name__)
 # Rows converted between two progress updates and spool appends: about 5,000 records in
 # memory (~10 MB), whatever the size of the file.
 BATCH_ROWS = 2_500
-ENCODINGS = ("utf-8-sig", "latin-1")  # utf-8-sig reads plain UTF-8 too; Latin-1 reads anything
 
 
 def imports_dir() -> Path:
@@ -63,27 +63,43 @@ def import_job_run(*, job_id: int) -> ImportJob:
     job = ImportJob.objects.select_related("mapping").get(pk=job_id)
     if job.status == ImportJob.Status.DONE:
         return job
+    # Claimed by one worker only: a redelivered task (acks late) finds it taken.
+    claimed = ImportJob.objects.filter(
+        pk=job.pk, status__in=[ImportJob.Status.PENDING, ImportJob.Status.FAILED]
+    ).update(status=ImportJob.Status.RUNNING)
+    if not claimed:
+        return job
     job.status = ImportJob.Status.RUNNING
-    job.save(update_fields=["status"])
-    for encoding in ENCODINGS:
-        try:
-            _convert(job, encoding)
-            break
-        except UnicodeDecodeError:
-            # Not UTF-8 after all: start again as Latin-1; records already spooled come out
-            # with the same ids for the rows read the same, and are loaded once.
-            continue
-        except Exception as error:
-            logger.exception("import %s failed", job.pk)
-            job.status = ImportJob.Status.FAILED
-            job.error = f"{type(error).__name__}: {error}"
-            job.finished_at = timezone.now()
-            job.save(update_fields=["status", "error", "finished_at"])
-            return job
+    try:
+        _convert(job, _encoding_of(Path(job.path)))
+    except Exception as error:
+        logger.exception("import %s failed", job.pk)
+        job.status = ImportJob.Status.FAILED
+        job.error = f"{type(error).__name__}: {error}"
+        job.finished_at = timezone.now()
+        job.save(update_fields=["status", "error", "finished_at"])
+        return job
     job.status = ImportJob.Status.DONE
     job.finished_at = timezone.now()
     job.save(update_fields=["status", "finished_at"])
     return job
+
+
+def _encoding_of(path: Path) -> str:
+    """UTF-8 (a byte-order mark allowed) if the whole file decodes so, else Latin-1.
+
+    Decided before anything is spooled, so a late Latin-1 byte cannot leave half a file read
+    the wrong way. Reads in 1 MB chunks.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    with path.open("rb") as file:
+        try:
+            while chunk := file.read(1 << 20):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return "latin-1"
+    return "utf-8-sig"
 
 
 def _convert(job: ImportJob, encoding: str) -> None:

@@ -211,3 +211,41 @@ def test_console_upload_shows_progress_and_serves_the_report(client, marketer, c
     assert b'http-equiv="refresh"' not in done.content
     assert b"100%" in done.content
     assert b"".join(report.streaming_content).splitlines()[0] == b"line,reason"
+
+
+def test_a_late_latin1_byte_decides_the_encoding_before_anything_is_spooled(mapping):
+    rows = [f"C{n},c{n}@example.com,,,,,gold,Bern\n".encode() for n in range(3000)]
+    rows[2900] = "C2900,c2900@example.com,,,,,gold,Zürich\n".encode("latin-1")
+    job = _import(mapping, HEADER.encode() + b"".join(rows))
+    spool_consolidate()
+
+    assert (job.encoding, job.records) == ("latin-1", 3000)
+    city = Profile.objects.get(visitor_id=visitor_id_for(mapping.client_id, "C2900")).attributes
+    assert city["City"] == "Zürich"
+
+
+def test_an_unmapped_column_that_changes_does_not_make_new_records(mapping):
+    header = HEADER.rstrip("\n") + ",Exported\n"
+    first = header + "C1,ann@example.com,,,,,gold,Bern,2025-01-01\n"
+    second = header + "C1,ann@example.com,,,,,gold,Bern,2025-02-01\n"
+    _import(mapping, first.encode())
+    spool_consolidate()
+
+    _import(mapping, second.encode())
+    run = spool_consolidate()
+
+    assert (run.loaded, run.duplicates) == (0, 1)
+
+
+def test_an_import_runs_once_even_if_its_task_is_delivered_twice(mapping):
+    job = import_job_create(
+        mapping=mapping,
+        file_name="c.csv",
+        source=io.BytesIO((HEADER + ROWS).encode()),
+        enqueue=False,
+    )
+    ImportJob.objects.filter(pk=job.pk).update(status=ImportJob.Status.RUNNING)  # taken elsewhere
+
+    again = import_job_run(job_id=job.pk)
+
+    assert (again.status, again.rows) == ("running", 0)
