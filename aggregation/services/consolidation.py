@@ -336,7 +336,9 @@ def spool_file_load(*, path: Path) -> FileResult:
     for client_id, visitor_ids in sorted(touched.items()):
         if emails[client_id]:
             with transaction.atomic():
-                identities_stitch(client_id=client_id, emails=emails[client_id])
+                joined = identities_stitch(client_id=client_id, emails=emails[client_id])
+                # In the same transaction: joined visitors are never left without a profile.
+                result.profiles += profiles_rebuild(client_id=client_id, visitor_ids=joined)
         ordered = sorted(visitor_ids)
         for start in range(0, len(ordered), PROFILES_PER_TRANSACTION):
             with transaction.atomic():
@@ -475,16 +477,26 @@ def _visitors_lock(client_id: int, visitor_ids: list[str]) -> None:
         )
 
 
-def identities_stitch(*, client_id: int, emails: dict[str, str]) -> None:
+# At most this many visitors are joined under one email: a shared address (a shop's kiosk,
+# a typo'd or made-up one) must not fuse strangers into one profile. Beyond it, none joins.
+MAX_JOINED = 20
+PLACEHOLDER_LOCAL_PARTS = {"none", "noreply", "no-reply", "null", "na", "n/a", "test", "unknown"}
+
+
+def identities_stitch(*, client_id: int, emails: dict[str, str]) -> set[str]:
     """Join visitors who gave the same email under one profile (B5; docs/aggregation.md).
 
     The visitor seen first becomes (or stays) canonical; every other visitor with that email,
-    and every visitor already linked to one of them, is linked to it.
+    and every visitor already linked to one of them, is linked to it. Returns the canonical
+    visitors whose profiles must be recomputed.
     """
+    _identities_lock(client_id, exclusive=True)
     by_email: dict[str, set[str]] = defaultdict(set)
     for visitor_id, email in emails.items():
-        by_email[email].add(visitor_id)
+        if email.split("@")[0] not in PLACEHOLDER_LOCAL_PARTS:
+            by_email[email].add(visitor_id)
     known = Profile.objects.filter(client_id=client_id).annotate(lower_email=Lower("email"))
+    joined: set[str] = set()
     for email, visitor_ids in by_email.items():
         visitor_ids |= set(known.filter(lower_email=email).values_list("visitor_id", flat=True))
         links = dict(
@@ -494,6 +506,10 @@ def identities_stitch(*, client_id: int, emails: dict[str, str]) -> None:
         )
         canonicals = {links.get(visitor_id, visitor_id) for visitor_id in visitor_ids}
         if len(canonicals) < 2:
+            continue
+        group = VisitorLink.objects.filter(client_id=client_id, canonical_id__in=canonicals)
+        if len(canonicals) + group.count() > MAX_JOINED:
+            logger.warning("not joining the visitors of %s: more than %d", email, MAX_JOINED)
             continue
         seen = dict(
             Event.objects.filter(client_id=client_id, visitor_id__in=canonicals)
@@ -516,6 +532,19 @@ def identities_stitch(*, client_id: int, emails: dict[str, str]) -> None:
             update_fields=["canonical_id", "email", "linked_at"],
         )
         Profile.objects.filter(client_id=client_id, visitor_id__in=others).delete()
+        joined.add(chosen)
+    return joined
+
+
+def _identities_lock(client_id: int, *, exclusive: bool) -> None:
+    """Stitching (exclusive) against profile rebuilds (shared), per client, until commit:
+    a rebuild reads the links and then writes profiles, which a join must not change between.
+    Taken before any visitor bucket (key -1 < 0), so the global lock order still holds."""
+    if connection.vendor != "postgresql":
+        return
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {function}(%s, -1)", [client_id])
 
 
 def profiles_rebuild(*, client_id: int, visitor_ids: set[str]) -> int:
@@ -523,6 +552,7 @@ def profiles_rebuild(*, client_id: int, visitor_ids: set[str]) -> int:
     visitor linked to another (identities_stitch) counts in that one's profile."""
     now = timezone.now()
     idle = timedelta(minutes=settings.SESSION_IDLE_MINUTES)
+    _identities_lock(client_id, exclusive=False)
     links = _links_of(client_id, visitor_ids)
     canonicals = sorted({links.get(visitor_id, visitor_id) for visitor_id in visitor_ids})
     members: dict[str, set[str]] = {canonical: {canonical} for canonical in canonicals}
@@ -548,6 +578,9 @@ def profiles_rebuild(*, client_id: int, visitor_ids: set[str]) -> int:
             if events
         ]
         _profiles_upsert(profiles)
+        # A joined visitor counts in its canonical profile only (whatever raced to write it).
+        aliases = [member for member in member_ids if member not in members]
+        Profile.objects.filter(client_id=client_id, visitor_id__in=aliases).delete()
         visitors_upsert(
             client_id=client_id,
             visitors=[

@@ -103,3 +103,15 @@ def test_rebuilding_from_events_keeps_the_joined_profiles():
 
     assert list(Profile.objects.values_list("visitor_id", "purchases", "total_spent")) == before
     assert before == [(first, 2, Decimal("12.00"))]
+
+
+def test_a_shared_or_placeholder_address_joins_nobody():
+    client = ClientFactory()
+    crowd = [visitor_id_issue() for _ in range(21)]
+    _load([_event(client.pk, v, "purchase", n, order_id=f"k{n}", value="1.00",
+                  email="kiosk@shop.example") for n, v in enumerate(crowd)])  # fmt: skip
+    _load([_event(client.pk, visitor_id_issue(), "purchase", n, order_id=f"p{n}", value="1.00",
+                  email="none@shop.example") for n in range(2)])  # fmt: skip
+
+    assert VisitorLink.objects.count() == 0
+    assert Profile.objects.filter(client=client).count() == 23
