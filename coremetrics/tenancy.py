@@ -59,10 +59,10 @@ class TenantForm(forms.ModelForm):
         # constraints that include it (names, keys) are checked as form errors, not a 500.
         if self.tenant_client is not None and getattr(self.instance, "client_id", 1) is None:
             self.instance.client = self.tenant_client
-        super()._post_clean()
+        super()._post_clean()  # type: ignore[misc]
 
     def _get_validation_exclusions(self):
-        exclusions = super()._get_validation_exclusions()
+        exclusions = super()._get_validation_exclusions()  # type: ignore[misc]
         if getattr(self.instance, "client_id", None) is not None:
             exclusions.discard("client")
         return exclusions
