@@ -7,7 +7,7 @@
   var base = config.base || (script && script.src ? script.src.replace(/\/t\/v1\/[^/]*$/, "") : "");
   var name = window.CoremetricsObject || "cm";
   var VISITOR = "_cmv", SESSION = "_cms", QUEUE = "_cmq";
-  var MAX_QUEUE = 200, MAX_BYTES = 30000;
+  var MAX_QUEUE = 200, MAX_BYTES = 30000, MAX_EVENT = 8000;
   var TYPES = ["page_view", "product_view", "category_view", "search", "cart_add", "cart_remove", "checkout", "purchase"];
   var FIELDS = ["product_id", "order_id", "value", "currency", "category", "query"];
   var EMAIL = /^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$/;
@@ -264,13 +264,18 @@
       .catch(function (e) { clearTimeout(timer); throw e; });
   }
 
+  // localStorage keeps events across pages; where it is blocked or full, memory keeps them
+  // for this page.
   function queueRead() {
-    try { return JSON.parse(localStorage.getItem(QUEUE) || "[]"); } catch (e) { return []; }
+    if (state.memory && state.unstored) return state.memory;
+    try { return JSON.parse(localStorage.getItem(QUEUE) || "[]"); } catch (e) { return state.memory || []; }
   }
 
   function queueWrite(events) {
     if (state.consent !== "granted") return;
-    try { localStorage.setItem(QUEUE, JSON.stringify(events.slice(-MAX_QUEUE))); } catch (e) { /* full or denied */ }
+    events = events.slice(-MAX_QUEUE);
+    state.memory = events;
+    try { localStorage.setItem(QUEUE, JSON.stringify(events)); state.unstored = false; } catch (e) { state.unstored = true; }
   }
 
   function queueRemove(ids) {
@@ -354,6 +359,11 @@
       } else if (value === null || typeof value !== "object") event.properties[key] = value;
     }
     if (TYPES.indexOf(type) < 0) { event.properties.name = type; event.type = "custom"; }
+    // The server refuses an event it cannot store; better to drop oversized properties here.
+    if (unescape(encodeURIComponent(JSON.stringify(event))).length > MAX_EVENT) {
+      warn("event properties too large; dropped");
+      event.properties = event.type === "custom" ? { name: type } : {};
+    }
     if (state.consent === "pending") { if (state.held.length < 50) state.held.push(event); return; }
     enqueue(event);
   }
@@ -394,6 +404,7 @@
     });
   });
 
+  if (window[name] && window[name].loaded) return; // the tag was included twice
   var queued = (window[name] && window[name].q) || [];
   var api = function () { command(arguments); };
   api.loaded = true;

@@ -484,3 +484,33 @@ def test_privacy_header_alone_still_shows_defaults_and_keeps_nothing(
 
     assert page.locator("[data-cm-placement='hero'] img").count() == 1
     assert (_cookies(page), _storage(page), sent) == ({}, 0, [])
+
+
+def test_tag_included_twice_runs_once(live_server, sites, shop, page):
+    snippet = tag_snippet(base_url=live_server.url, public_key=shop.public_key)
+    path = _serve(sites, live_server, shop, snippet=snippet + snippet)
+    queries = _requests(page, "/d/v1/query")
+
+    page.goto(sites.origin("shop.localhost") + path)
+    _ready(page)
+    page.wait_for_timeout(500)
+
+    assert len(queries) == 1
+    assert page.locator(".offer-note").count() == 1
+
+
+def test_events_are_sent_when_storage_is_blocked(live_server, sites, shop, new_page):
+    page = new_page()
+    page.add_init_script("Storage.prototype.setItem = function () { throw new Error('blocked'); };")
+    body = """<button id="buy"
+      onclick="cm('track', 'purchase', {order_id: 'S-1', value: 5})">Buy</button>"""
+    path = _serve(sites, live_server, shop, body=body)
+
+    page.goto(sites.origin("shop.localhost") + path)
+    _ready(page)
+    page.click("#buy")
+    visitor_id = _cookies(page)["_cmv"]["value"]
+    purchases = Event.objects.filter(client=shop, visitor_id=visitor_id, type="purchase")
+    _loaded(purchases.exists)
+
+    assert purchases.count() == 1
