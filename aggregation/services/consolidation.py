@@ -194,7 +194,15 @@ def _consolidate(run: ConsolidationRun, *, seal_open: bool) -> None:
         run.profiles_updated += result.profiles
         client_ids |= result.client_ids
     try:
-        run.profiles_updated += profiles_settle(now=timezone.now())
+        previous = (
+            ConsolidationRun.objects.filter(status=ConsolidationRun.Status.DONE)
+            .exclude(pk=run.pk)
+            .order_by("-started_at")
+            .first()
+        )
+        run.profiles_updated += profiles_settle(
+            now=timezone.now(), since=previous.started_at if previous else None
+        )
     except Exception as error:
         logger.exception("could not settle ended sessions")
         errors.append(f"settling sessions: {type(error).__name__}: {error}")
@@ -716,19 +724,27 @@ def profiles_rebuild_all(*, client_id: int | None = None) -> int:
     return rebuilt
 
 
-def profiles_settle(*, now: datetime) -> int:
-    """Recompute profiles whose carts may have been abandoned since their last event."""
+def profiles_settle(*, now: datetime, since: datetime | None = None) -> int:
+    """Recompute the profiles whose last session ended (went idle) since `since`: their cart,
+    if any, now counts as abandoned. Only those, so each run costs what changed since the last.
+    """
     idle = timedelta(minutes=settings.SESSION_IDLE_MINUTES)
+    since = since or now - timedelta(days=1)
     candidates = Profile.objects.filter(
         last_seen_at__lte=now - idle,
-        last_seen_at__gte=now - idle - timedelta(days=1),
+        last_seen_at__gt=since - idle,
         cart_adds__gt=0,
     ).values_list("client_id", "visitor_id")
     by_client: dict[int, set[str]] = defaultdict(set)
     for client_id, visitor_id in candidates:
         by_client[client_id].add(visitor_id)
     settled = 0
-    for client_id, visitor_ids in by_client.items():
-        with transaction.atomic():
-            settled += profiles_rebuild(client_id=client_id, visitor_ids=visitor_ids)
+    for client_id, visitor_ids in sorted(by_client.items()):
+        ordered = sorted(visitor_ids)
+        for start in range(0, len(ordered), PROFILES_PER_TRANSACTION):
+            with transaction.atomic():
+                settled += profiles_rebuild(
+                    client_id=client_id,
+                    visitor_ids=set(ordered[start : start + PROFILES_PER_TRANSACTION]),
+                )
     return settled

@@ -318,3 +318,25 @@ def test_a_file_is_loaded_in_slices_and_a_crash_between_them_loses_nothing(shopp
     assert (failed.status, loaded_before, calls) == ("failed", 3, [3, 3])
     assert (again.status, again.lines, again.loaded, again.duplicates) == ("done", 8, 5, 3)
     assert Event.objects.filter(client=client).count() == 8
+
+
+def test_settling_recomputes_only_sessions_that_ended_since_the_last_run():
+    from aggregation.services import profiles_settle
+
+    now = datetime.now(UTC)
+    client = ClientFactory()
+    ended_now, ended_before = visitor_id_issue(), visitor_id_issue()
+    for visitor_id, minutes_ago in [(ended_now, 40), (ended_before, 180)]:
+        at = (now - timedelta(minutes=minutes_ago)).isoformat()
+        spool_append(
+            [{**_record(client.pk, visitor_id, "cart_add", 0, value="5.00"),
+              "occurred_at": at, "received_at": at, "event_id": str(uuid.uuid4())}]
+        )  # fmt: skip
+    spool_consolidate()
+    Profile.objects.update(cart_abandonments=0)  # as if computed while the sessions were open
+
+    settled = profiles_settle(now=now, since=now - timedelta(minutes=20))
+
+    assert settled == 1
+    abandonments = dict(Profile.objects.values_list("visitor_id", "cart_abandonments"))
+    assert abandonments == {ended_now: 1, ended_before: 0}
