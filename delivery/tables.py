@@ -36,6 +36,13 @@ class TableStore(Protocol):
     def table_get(self, campaign_id: int, version: int) -> bytes | None: ...
     def table_put(self, campaign_id: int, version: int, data: bytes) -> None: ...
     def table_delete(self, campaign_id: int, version: int) -> None: ...
+    def tag_get(self, public_key: str, version: str) -> bytes | None: ...
+    def tag_put(self, public_key: str, version: str, data: bytes) -> None: ...
+
+
+# A tag version once served stays available this long, so that pinned snippets keep working
+# after a deploy or a change of the client's tag settings until the client pastes the new one.
+TAG_VERSION_DAYS = 30
 
 
 class RedisTableStore:
@@ -66,6 +73,13 @@ class RedisTableStore:
 
     def table_delete(self, campaign_id: int, version: int) -> None:
         self._redis.delete(self._table_key(campaign_id, version))
+
+    def tag_get(self, public_key: str, version: str) -> bytes | None:
+        return self._redis.get(f"{self._prefix}:tag:{public_key}:{version}")  # type: ignore[return-value]
+
+    def tag_put(self, public_key: str, version: str, data: bytes) -> None:
+        key = f"{self._prefix}:tag:{public_key}:{version}"
+        self._redis.set(key, data, ex=TAG_VERSION_DAYS * 86400)
 
 
 class FileTableStore:
@@ -114,6 +128,21 @@ class FileTableStore:
 
     def table_delete(self, campaign_id: int, version: int) -> None:
         self._table_path(campaign_id, version).unlink(missing_ok=True)
+
+    def _tag_path(self, public_key: str, version: str) -> Path:
+        return self._directory / "tags" / f"{public_key}.{version}.js"
+
+    def tag_get(self, public_key: str, version: str) -> bytes | None:
+        path = self._tag_path(public_key, version)
+        try:
+            if time.time() - path.stat().st_mtime > TAG_VERSION_DAYS * 86400:
+                return None
+        except FileNotFoundError:
+            return None
+        return self._read(path)
+
+    def tag_put(self, public_key: str, version: str, data: bytes) -> None:
+        self._write(self._tag_path(public_key, version), data)
 
 
 @cache

@@ -21,7 +21,7 @@ from delivery.identity import (
     visitor_id_issue,
 )
 from delivery.selectors import QueryError, client_view_get
-from delivery.tables import ClientView, local_tables
+from delivery.tables import ClientView, local_tables, store_get
 from delivery.tag import tag_body
 
 logger = logging.getLogger(__name__)
@@ -153,17 +153,41 @@ def tag(request: HttpRequest, public_key: str, version: str = "") -> HttpRespons
     if view is None:
         return _script("/* coremetrics: unknown client key */", status=404)
     served = tag_body(view.tag)
+    _tag_version_keep(public_key, served.version, served.body)
+    body = served.body
     if version and version != served.version:
-        return _script("/* coremetrics: tag version retired; paste the new snippet */", 404)
-    response = HttpResponse(served.body, content_type="text/javascript; charset=utf-8")
+        try:
+            kept = store_get().tag_get(public_key, version)
+        except Exception:
+            logger.warning("table store unreachable; cannot look up tag %s", version)
+            kept = None
+        if kept is None:
+            return _script("/* coremetrics: tag version retired; paste the new snippet */", 404)
+        body = kept
+    response = HttpResponse(body, content_type="text/javascript; charset=utf-8")
     if version:
         response["Cache-Control"] = "public, max-age=31536000, immutable"
     else:
         response["Cache-Control"] = "public, max-age=300, stale-while-revalidate=86400"
-    response["ETag"] = f'"{served.version}"'
+    response["ETag"] = f'"{version or served.version}"'
     # Subresource Integrity on another origin needs CORS; the tag holds nothing private.
     response["Access-Control-Allow-Origin"] = "*"
     return response
+
+
+kept_tag_versions: set[tuple[str, str]] = set()
+
+
+def _tag_version_keep(public_key: str, version: str, body: bytes) -> None:
+    """Keep each tag version served (once per process) for pinned snippets (TAG_VERSION_DAYS)."""
+    if (public_key, version) in kept_tag_versions:
+        return
+    try:
+        store_get().tag_put(public_key, version, body)
+    except Exception:
+        logger.warning("table store unreachable; tag version %s not kept yet", version)
+        return
+    kept_tag_versions.add((public_key, version))
 
 
 def _script(body: str, status: int) -> HttpResponse:

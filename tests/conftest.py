@@ -6,6 +6,7 @@ from django.conf import settings as django_settings
 from aggregation.spool import spool_writer_reset
 from coremetrics.models import Membership
 from delivery.tables import local_tables_reset
+from delivery.views import kept_tag_versions
 from tests.factories import ClientFactory, MembershipFactory, UserFactory
 
 
@@ -30,6 +31,7 @@ def isolated_storage(settings, tmp_path):
         redis.Redis.from_url(settings.REDIS_URL).flushdb()
     local_tables_reset()
     spool_writer_reset()
+    kept_tag_versions.clear()
     yield
     spool_writer_reset()
     local_tables_reset()

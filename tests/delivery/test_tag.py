@@ -59,6 +59,22 @@ def test_versioned_tag_is_immutable_and_matches_its_integrity_hash(client, shop)
     assert served.version == hashlib.sha256(response.content).hexdigest()[:12]
 
 
+def test_a_pinned_version_keeps_working_after_the_settings_change(client, shop):
+    current = client.get(reverse("delivery:tag", args=[shop.public_key]))
+    old_version = current["ETag"].strip('"')
+    shop.tag_timeout_ms = 2500
+    shop.save(update_fields=["tag_timeout_ms"])
+    manifest_publish(client_id=shop.pk)
+
+    pinned = client.get(f"/t/v1/{shop.public_key}.{old_version}.js")
+    latest = client.get(reverse("delivery:tag", args=[shop.public_key]))
+
+    assert (pinned.status_code, pinned.content) == (200, current.content)
+    assert pinned["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert _config(latest.content)["timeout"] == 2500
+    assert latest["ETag"] != current["ETag"]
+
+
 def test_retired_version_and_unknown_client_are_404(client, shop):
     retired = client.get(f"/t/v1/{shop.public_key}.0123456789ab.js")
     unknown = client.get("/t/v1/cm_nobody.js")
