@@ -1,4 +1,5 @@
-"""Aggregation's services: ingest and consolidation (consolidation.py), imports (imports.py)."""
+"""Aggregation's services: ingest and consolidation (consolidation.py), profiles and identity
+stitching (profiles.py), imports (imports.py)."""
 
 from aggregation.services.consolidation import (
     MAX_FILE_ATTEMPTS,
@@ -11,11 +12,13 @@ from aggregation.services.consolidation import (
     deliveries_spool,
     events_collect,
     events_load,
+    spool_consolidate,
+    spool_file_load,
+)
+from aggregation.services.profiles import (
     profiles_rebuild,
     profiles_rebuild_all,
     profiles_settle,
-    spool_consolidate,
-    spool_file_load,
 )
 
 __all__ = [
