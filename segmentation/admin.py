@@ -37,9 +37,14 @@ class TableVersionAdmin(ReadOnlyTenantAdmin):
         "number",
         "status",
         "visitor_count",
-        "duration_seconds",
+        "duration",
         "published_at",
         "client",
     ]
     list_filter = ["status"]
     readonly_fields = [field.name for field in TableVersion._meta.fields]
+
+    @admin.display(description="Build time")
+    def duration(self, version):
+        seconds = version.duration_seconds
+        return "-" if seconds is None else f"{seconds * 1000:.0f} ms"

@@ -240,3 +240,9 @@ def test_saving_a_client_publishes_its_manifest_at_once(client, superuser, on_co
         frozenset({"https://portal.example"}),
         "required",
     )
+
+
+def test_the_root_address_leads_to_the_console(client):
+    response = client.get("/")
+
+    assert (response.status_code, response["Location"]) == (302, reverse("admin:index"))
