@@ -13,6 +13,8 @@ from delivery.tag import tag_body, tag_config, tag_snippet
 admin.site.site_header = "coremetrics console"
 admin.site.site_title = "coremetrics"
 admin.site.index_title = "Personalization console"
+# The lists are wide (profiles, table versions); the app sidebar would cut them at 1280 px.
+admin.site.enable_nav_sidebar = False
 
 
 class SiteInline(admin.TabularInline):

@@ -151,6 +151,13 @@ class TenantAdmin(TenantScoped, admin.ModelAdmin):
         client = None if request.user.is_superuser else client_of(request)
         return type(form.__name__, (form,), {"tenant_client": client})
 
+    def get_list_display(self, request):
+        # A marketer's rows are all of one client: the column would only repeat its name.
+        columns = super().get_list_display(request)
+        if request.user.is_superuser:
+            return columns
+        return [column for column in columns if column != "client"]
+
     def get_list_filter(self, request):
         # Django's related filter offers every row of the related model; offer only those
         # that the visible rows point at.
