@@ -1,4 +1,5 @@
 from django.db import models
+from django.db.models.functions import Lower
 
 from coremetrics.models import Client
 
@@ -92,6 +93,10 @@ class Profile(models.Model):
             models.UniqueConstraint(
                 fields=["client", "visitor_id"], name="profile_client_visitor_unique"
             )
+        ]
+        indexes = [
+            # Identity stitching looks visitors up by address, without case.
+            models.Index("client", Lower("email"), name="profile_client_email_idx")
         ]
 
     def __str__(self) -> str:

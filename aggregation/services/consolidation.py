@@ -25,6 +25,7 @@ from django.utils import timezone
 from aggregation import spool
 from aggregation.models import ConsolidationRun, Event
 from aggregation.records import RecordError, delivery_record, event_from_tag, record_parse
+from aggregation.services.imports import import_reports_prune
 from aggregation.services.profiles import (
     PROFILES_PER_TRANSACTION,
     identities_stitch,
@@ -174,6 +175,7 @@ def _consolidate(run: ConsolidationRun, *, seal_open: bool) -> None:
     errors = []
     client_ids: set[int] = set()
     archives_prune(now=timezone.now())
+    import_reports_prune(now=timezone.now())
     if seal_open:
         spool.spool_seal_open()
     for path in spool.spool_closed_files():

@@ -10,6 +10,7 @@ import logging
 import shutil
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO
 
@@ -82,7 +83,24 @@ def import_job_run(*, job_id: int) -> ImportJob:
     job.status = ImportJob.Status.DONE
     job.finished_at = timezone.now()
     job.save(update_fields=["status", "finished_at"])
+    # Its records are in the spool (and, once loaded, the archive); the upload holds personal
+    # data and is not needed any more. A failed import keeps it for another run.
+    Path(job.path).unlink(missing_ok=True)
     return job
+
+
+def import_reports_prune(*, now: datetime) -> int:
+    """Delete error reports (and leftover uploads) older than ARCHIVE_KEEP_DAYS."""
+    directory = imports_dir()
+    if not directory.is_dir():
+        return 0
+    horizon = (now - timedelta(days=settings.ARCHIVE_KEEP_DAYS)).timestamp()
+    pruned = 0
+    for path in directory.iterdir():
+        if path.is_file() and path.stat().st_mtime < horizon:
+            path.unlink(missing_ok=True)
+            pruned += 1
+    return pruned
 
 
 def _encoding_of(path: Path) -> str:

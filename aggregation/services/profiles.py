@@ -70,10 +70,17 @@ def identities_stitch(*, client_id: int, emails: dict[str, str]) -> set[str]:
     for visitor_id, email in emails.items():
         if email.split("@")[0] not in PLACEHOLDER_LOCAL_PARTS:
             by_email[email].add(visitor_id)
-    known = Profile.objects.filter(client_id=client_id).annotate(lower_email=Lower("email"))
+    # One query for every address of the file (an index on the client and lower(email)).
+    known = (
+        Profile.objects.filter(client_id=client_id)
+        .annotate(lower_email=Lower("email"))
+        .filter(lower_email__in=list(by_email))
+        .values_list("lower_email", "visitor_id")
+    )
+    for email, visitor_id in known:
+        by_email[email].add(visitor_id)
     joined: set[str] = set()
     for email, visitor_ids in by_email.items():
-        visitor_ids |= set(known.filter(lower_email=email).values_list("visitor_id", flat=True))
         links = dict(
             VisitorLink.objects.filter(client_id=client_id, visitor_id__in=visitor_ids).values_list(
                 "visitor_id", "canonical_id"

@@ -249,3 +249,21 @@ def test_an_import_runs_once_even_if_its_task_is_delivered_twice(mapping):
     again = import_job_run(job_id=job.pk)
 
     assert (again.status, again.rows) == ("running", 0)
+
+
+def test_the_upload_is_deleted_once_converted_and_old_reports_are_pruned(mapping, settings):
+    import os
+    from datetime import timedelta
+    from pathlib import Path
+
+    from aggregation.services.imports import import_reports_prune
+
+    job = _import(mapping, (HEADER + ROWS).encode())
+    report = error_report_path(job)
+    assert (Path(job.path).exists(), report.exists()) == (False, True)
+
+    old = (datetime.now(UTC) - timedelta(days=settings.ARCHIVE_KEEP_DAYS + 1)).timestamp()
+    os.utime(report, (old, old))
+
+    assert import_reports_prune(now=datetime.now(UTC)) == 1
+    assert not report.exists()
