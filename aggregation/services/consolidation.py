@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from aggregation import spool
@@ -184,7 +184,10 @@ def _consolidate(run: ConsolidationRun, *, seal_open: bool) -> None:
         except Exception as error:
             logger.exception("could not load spool file %s", path.name)
             errors.append(f"{path.name}: {type(error).__name__}: {error}")
-            _attempt_count(path)
+            # A database that is away or busy is no fault of the file: only other errors count
+            # towards quarantine.
+            if not isinstance(error, OperationalError | InterfaceError):
+                _attempt_count(path)
             continue
         run.files += 1
         run.lines += result.lines

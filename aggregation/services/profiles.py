@@ -285,16 +285,23 @@ def profiles_rebuild_all(*, client_id: int | None = None) -> int:
     """Recompute every profile (of one client, or all) from its events, a client at a time.
 
     Memory: one client's distinct visitor ids (~100 bytes each) plus one PROFILE_BATCH of
-    events at a time.
+    visitors' events at a time. A visitor joined to another counts in the canonical profile,
+    whichever slice it falls in.
     """
     events = Event.objects.all() if client_id is None else Event.objects.filter(client_id=client_id)
     rebuilt = 0
     for owner in sorted(set(events.values_list("client_id", flat=True).distinct())):
-        visitor_ids = set(
-            Event.objects.filter(client_id=owner).values_list("visitor_id", flat=True).distinct()
+        visitor_ids = sorted(
+            set(Event.objects.filter(client_id=owner).values_list("visitor_id", flat=True))
         )
-        with transaction.atomic():
-            rebuilt += profiles_rebuild(client_id=owner, visitor_ids=visitor_ids)
+        # Slices of visitors, each its own transaction: consolidation waits for one slice's
+        # locks at most, not for the whole rebuild.
+        for start in range(0, len(visitor_ids), PROFILES_PER_TRANSACTION):
+            with transaction.atomic():
+                rebuilt += profiles_rebuild(
+                    client_id=owner,
+                    visitor_ids=set(visitor_ids[start : start + PROFILES_PER_TRANSACTION]),
+                )
     return rebuilt
 
 

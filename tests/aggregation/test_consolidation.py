@@ -340,3 +340,21 @@ def test_settling_recomputes_only_sessions_that_ended_since_the_last_run():
     assert settled == 1
     abandonments = dict(Profile.objects.values_list("visitor_id", "cart_abandonments"))
     assert abandonments == {ended_now: 1, ended_before: 0}
+
+
+def test_a_database_outage_never_sends_a_file_to_quarantine(shopper, monkeypatch):
+    from django.db import OperationalError
+
+    _, _, records = shopper
+    spool_append(records)
+
+    def database_away(*, records):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(services, "events_load", database_away)
+        runs = [spool_consolidate() for _ in range(services.MAX_FILE_ATTEMPTS + 1)]
+
+    assert {run.status for run in runs} == {"failed"}
+    assert list(spool_paths()["quarantine"].glob("*")) == []
+    assert spool_consolidate().loaded == 4
