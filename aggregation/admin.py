@@ -8,9 +8,17 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from aggregation.imports import mapping_validate
-from aggregation.models import ConsolidationRun, Event, ImportJob, ImportMapping, Profile
+from aggregation.models import (
+    ConsolidationRun,
+    Event,
+    ImportJob,
+    ImportMapping,
+    Profile,
+    VisitorLink,
+)
 from aggregation.services import dead_letter_path, dead_letters
 from aggregation.services.imports import error_report_path, import_job_create
+from aggregation.services.profiles import identities_separate
 from coremetrics.tenancy import (
     ReadOnlyTenantAdmin,
     TenantAdmin,
@@ -217,3 +225,24 @@ class ImportJobAdmin(ReadOnlyTenantAdmin):
         return super().change_view(
             request, object_id, form_url, {**(extra_context or {}), "refresh": refresh}
         )
+
+
+@admin.register(VisitorLink)
+class VisitorLinkAdmin(ReadOnlyTenantAdmin):
+    """Visitors joined under another's profile by email (B5), and a way to separate them."""
+
+    list_display = ["visitor_id", "canonical_id", "email", "linked_at", "client"]
+    search_fields = ["visitor_id", "canonical_id", "email"]
+    actions = ["separate"]
+
+    @admin.action(description="Separate the selected visitors again (their own profiles)")
+    def separate(self, request, queryset):
+        if not is_editor(request):
+            raise PermissionDenied
+        separated = identities_separate(links=list(queryset))
+        self.message_user(request, f"Separated {separated} visitor(s).", messages.SUCCESS)
+
+    def get_actions(self, request):
+        # Read-only for rows, but separating is an editor's action.
+        actions = super().get_actions(request)
+        return actions if is_editor(request) else {}

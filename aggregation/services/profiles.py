@@ -118,6 +118,24 @@ def identities_stitch(*, client_id: int, emails: dict[str, str]) -> set[str]:
     return joined
 
 
+def identities_separate(*, links: list[VisitorLink]) -> int:
+    """Undo joins: each visitor gets its own profile again, the canonical one is recomputed.
+
+    A separated visitor could be joined again by a later event with the same email; the link
+    is what a marketer removes when the join was wrong (a shared or mistyped address).
+    """
+    separated = 0
+    for client_id in sorted({link.client_id for link in links}):
+        own = [link for link in links if link.client_id == client_id]
+        with transaction.atomic():
+            _identities_lock(client_id, exclusive=True)
+            VisitorLink.objects.filter(pk__in=[link.pk for link in own]).delete()
+            touched = {link.visitor_id for link in own} | {link.canonical_id for link in own}
+            profiles_rebuild(client_id=client_id, visitor_ids=touched)
+        separated += len(own)
+    return separated
+
+
 def _identities_lock(client_id: int, *, exclusive: bool) -> None:
     """Stitching (exclusive) against profile rebuilds (shared), per client, until commit:
     a rebuild reads the links and then writes profiles, which a join must not change between.

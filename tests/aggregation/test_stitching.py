@@ -115,3 +115,24 @@ def test_a_shared_or_placeholder_address_joins_nobody():
 
     assert VisitorLink.objects.count() == 0
     assert Profile.objects.filter(client=client).count() == 23
+
+
+def test_a_marketer_separates_a_wrong_join_in_the_console(client, client_a, marketer):
+    from django.urls import reverse
+
+    first, second = visitor_id_issue(), visitor_id_issue()
+    _load([_event(client_a.pk, first, "purchase", 0, order_id="1", value="5.00", email="s@x.io")])
+    _load([_event(client_a.pk, second, "purchase", 2, order_id="2", value="7.00", email="s@x.io")])
+    link = VisitorLink.objects.get()
+
+    response = client.post(
+        reverse("admin:aggregation_visitorlink_changelist"),
+        {"action": "separate", "_selected_action": [link.pk]},
+    )
+
+    assert response.status_code == 302
+    assert VisitorLink.objects.count() == 0
+    assert dict(Profile.objects.values_list("visitor_id", "total_spent")) == {
+        first: Decimal("5.00"),
+        second: Decimal("7.00"),
+    }

@@ -532,7 +532,7 @@ def test_marketer_index_lists_only_tenant_apps(client, marketer):
         app["app_label"]: sorted(model["object_name"] for model in app["models"])
         for app in response.context["app_list"]
     } == {
-        "aggregation": ["Event", "ImportJob", "ImportMapping", "Profile"],
+        "aggregation": ["Event", "ImportJob", "ImportMapping", "Profile", "VisitorLink"],
         "campaigns": ["Attachment", "Campaign", "Content", "Placement"],
         "coremetrics": ["Client"],
         "delivery": ["Visitor"],
