@@ -149,6 +149,10 @@ class FileResult:
     client_ids: set[int] = field(default_factory=set)
 
 
+# Archives favour speed: on spool lines, level 1 ran 4.7 times faster than gzip's default 9
+# (50,000 lines: 0.05 s against 0.25 s) for 5.5% of the size against 4.8%.
+ARCHIVE_GZIP_LEVEL = 1
+
 # A file that fails this many runs in a row (not a bad line: those go to dead/) is set aside in
 # quarantine/ so that it cannot stop consolidation of every other file.
 MAX_FILE_ATTEMPTS = 3
@@ -388,7 +392,10 @@ def _archive(path: Path, archive_dir: Path) -> None:
     archive_dir.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=archive_dir, prefix=f".{path.name}.")
     try:
-        with path.open("rb") as source, gzip.open(os.fdopen(handle, "wb"), "wb") as sink:
+        with (
+            path.open("rb") as source,
+            gzip.open(os.fdopen(handle, "wb"), "wb", compresslevel=ARCHIVE_GZIP_LEVEL) as sink,
+        ):
             shutil.copyfileobj(source, sink)
         os.replace(temporary, archive_dir / f"{path.name}.gz")
     except BaseException:
