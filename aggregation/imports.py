@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from aggregation.records import RecordError, _is_storable
+from aggregation.records import RecordError, _is_storable, record_new
 
 FIELDS = ("customer_id", "email", "order_id", "order_date", "order_total", "currency", "first_seen")
 NAMESPACE = uuid.UUID("6f1d4a52-3f8c-4d35-9a37-c0a3f1e2b7d4")
@@ -118,28 +118,16 @@ def row_records(row: dict[str, str], *, mapping: dict, client_id: int, now: date
 
 
 def _record(client_id, visitor_id, key, kind, at, now, **fields) -> dict:
-    return {
-        "event_id": str(uuid.uuid5(NAMESPACE, f"{client_id}:{key}")),
-        "client": client_id,
-        "type": kind,
-        "visitor_id": visitor_id,
-        "session_id": "import",
-        "occurred_at": at.isoformat(),
-        "received_at": now.isoformat(),
-        "url": "",
-        "referrer": "",
-        "campaign_key": "",
-        "placement_key": "",
-        "content_id": None,
-        "table_version": None,
-        "product_id": "",
-        "category": "",
-        "order_id": fields.get("order_id", ""),
-        "value": fields.get("value"),
-        "currency": fields.get("currency", ""),
-        "email": fields.get("email", ""),
-        "properties": fields.get("properties", {}),
-    }
+    return record_new(
+        event_id=str(uuid.uuid5(NAMESPACE, f"{client_id}:{key}")),
+        client_id=client_id,
+        kind=kind,
+        visitor_id=visitor_id,
+        session_id="import",
+        occurred_at=at,
+        received_at=now,
+        **fields,
+    )
 
 
 def cell_safe(value: object) -> str:

@@ -146,6 +146,52 @@ def timestamp_ms(raw: Any, name: str) -> float:
     return float(raw)
 
 
+# Every field of a spool record, with its value when a source has nothing to say about it.
+RECORD_DEFAULTS: dict[str, Any] = {
+    "session_id": "",
+    "url": "",
+    "referrer": "",
+    "campaign_key": "",
+    "placement_key": "",
+    "content_id": None,
+    "table_version": None,
+    "product_id": "",
+    "category": "",
+    "order_id": "",
+    "value": None,
+    "currency": "",
+    "email": "",
+    "properties": {},
+}
+
+
+def record_new(
+    *,
+    client_id: int,
+    kind: str,
+    visitor_id: str,
+    occurred_at: datetime,
+    received_at: datetime | None = None,
+    event_id: str | None = None,
+    **fields: Any,
+) -> dict:
+    """A spool record (the schema record_parse checks); fields not given take their defaults."""
+    unknown = set(fields) - set(RECORD_DEFAULTS)
+    if unknown:
+        raise TypeError(f"not record fields: {', '.join(sorted(unknown))}")
+    return {
+        "event_id": event_id or str(uuid.uuid4()),
+        "client": client_id,
+        "type": kind,
+        "visitor_id": visitor_id,
+        "occurred_at": occurred_at.isoformat(),
+        "received_at": (received_at or occurred_at).isoformat(),
+        **RECORD_DEFAULTS,
+        "properties": {},
+        **fields,
+    }
+
+
 def event_from_tag(
     event: Any,
     *,
@@ -191,28 +237,24 @@ def event_from_tag(
         properties = {**properties, "query": query}
     if event.get("items") is not None:
         properties = {**properties, "items": _items(event["items"])}
-    return {
-        "event_id": event_id,
-        "client": client_id,
-        "type": kind,
-        "visitor_id": visitor_id,
-        "session_id": session_id,
-        "occurred_at": occurred_at.isoformat(),
-        "received_at": received_at.isoformat(),
-        "url": _text(event, "url", TEXT_LIMITS["url"]),
-        "referrer": _text(event, "referrer", TEXT_LIMITS["referrer"]),
-        "campaign_key": "",
-        "placement_key": "",
-        "content_id": None,
-        "table_version": None,
-        "product_id": _text(event, "product_id", TEXT_LIMITS["product_id"]),
-        "category": _text(event, "category", TEXT_LIMITS["category"]),
-        "order_id": _text(event, "order_id", TEXT_LIMITS["order_id"]),
-        "value": value,
-        "currency": currency,
-        "email": email,
-        "properties": properties,
-    }
+    return record_new(
+        event_id=event_id,
+        client_id=client_id,
+        kind=kind,
+        visitor_id=visitor_id,
+        session_id=session_id,
+        occurred_at=occurred_at,
+        received_at=received_at,
+        url=_text(event, "url", TEXT_LIMITS["url"]),
+        referrer=_text(event, "referrer", TEXT_LIMITS["referrer"]),
+        product_id=_text(event, "product_id", TEXT_LIMITS["product_id"]),
+        category=_text(event, "category", TEXT_LIMITS["category"]),
+        order_id=_text(event, "order_id", TEXT_LIMITS["order_id"]),
+        value=value,
+        currency=currency,
+        email=email,
+        properties=properties,
+    )
 
 
 def delivery_record(
@@ -229,28 +271,19 @@ def delivery_record(
     at: datetime,
 ) -> dict:
     """The spool record of one delivery answer (D4)."""
-    return {
-        "event_id": str(uuid.uuid4()),
-        "client": client_id,
-        "type": "delivery",
-        "visitor_id": visitor_id,
-        "session_id": session_id,
-        "occurred_at": at.isoformat(),
-        "received_at": at.isoformat(),
-        "url": url[: TEXT_LIMITS["url"]],
-        "referrer": referrer[: TEXT_LIMITS["referrer"]],
-        "campaign_key": campaign_key,
-        "placement_key": placement_key,
-        "content_id": content_id,
-        "table_version": table_version,
-        "product_id": "",
-        "category": "",
-        "order_id": "",
-        "value": None,
-        "currency": "",
-        "email": "",
-        "properties": {},
-    }
+    return record_new(
+        client_id=client_id,
+        kind="delivery",
+        visitor_id=visitor_id,
+        session_id=session_id,
+        occurred_at=at,
+        url=url[: TEXT_LIMITS["url"]],
+        referrer=referrer[: TEXT_LIMITS["referrer"]],
+        campaign_key=campaign_key,
+        placement_key=placement_key,
+        content_id=content_id,
+        table_version=table_version,
+    )
 
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

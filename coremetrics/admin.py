@@ -8,7 +8,7 @@ from django.db import models, transaction
 from coremetrics.models import Client, Membership, Site
 from coremetrics.tenancy import client_of, membership_of
 from delivery.services import manifest_publish
-from delivery.tag import tag_body, tag_config, tag_snippet
+from delivery.tag import client_tag_config, tag_body, tag_snippet
 
 admin.site.site_header = "coremetrics console"
 admin.site.site_title = "coremetrics"
@@ -35,14 +35,7 @@ class ClientAdmin(admin.ModelAdmin):
         client = self.get_object(request, object_id)
         if client is not None:
             base = settings.PUBLIC_BASE_URL or request.build_absolute_uri("/")
-            pinned = tag_body(
-                tag_config(
-                    public_key=client.public_key,
-                    cookie_domain=client.cookie_domain,
-                    consent_mode=client.consent_mode,
-                    timeout_ms=client.tag_timeout_ms,
-                )
-            )
+            pinned = tag_body(client_tag_config(client))
             extra_context = {
                 **(extra_context or {}),
                 "snippet": tag_snippet(base_url=base, public_key=client.public_key),

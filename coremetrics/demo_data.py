@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+from aggregation.records import record_new
 from aggregation.services import spool_consolidate
 from aggregation.spool import spool_append
 from campaigns.models import Attachment, Campaign, Content, Placement
@@ -150,7 +151,7 @@ def demo_history_seed(*, client: Client, visitors: int, seed: int = 7) -> int:
                 value = f"{rng.uniform(25, 900):.2f}"
                 events.append(("purchase", {"order_id": uuid.uuid4().hex[:10], "value": value}))
             for offset, (kind, fields) in enumerate(events):
-                moment = (at + timedelta(minutes=offset * 2)).isoformat()
+                moment = at + timedelta(minutes=offset * 2)
                 batch.append(_record(client.pk, visitor_id, session_id, kind, moment, fields))
         if len(batch) >= 5000:
             spool_append(batch)
@@ -163,28 +164,16 @@ def demo_history_seed(*, client: Client, visitors: int, seed: int = 7) -> int:
 
 
 def _record(client_id, visitor_id, session_id, kind, moment, fields) -> dict:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "client": client_id,
-        "type": kind,
-        "visitor_id": visitor_id,
-        "session_id": session_id,
-        "occurred_at": moment,
-        "received_at": moment,
-        "url": "https://fairway.example/demo/shop/",
-        "referrer": "",
-        "campaign_key": "",
-        "placement_key": "",
-        "content_id": None,
-        "table_version": None,
-        "product_id": fields.get("product_id", ""),
-        "category": fields.get("category", ""),
-        "order_id": fields.get("order_id", ""),
-        "value": fields.get("value"),
-        "currency": "USD" if "value" in fields else "",
-        "email": "",
-        "properties": {},
-    }
+    return record_new(
+        client_id=client_id,
+        kind=kind,
+        visitor_id=visitor_id,
+        session_id=session_id,
+        occurred_at=moment,
+        url="https://fairway.example/demo/shop/",
+        currency="USD" if "value" in fields else "",
+        **fields,
+    )
 
 
 def demo_schedule_set(*, seconds: int) -> None:

@@ -13,7 +13,7 @@ from campaigns.selectors import campaigns_active, content_answer
 from coremetrics.models import Client
 from delivery.models import Visitor
 from delivery.tables import store_get
-from delivery.tag import tag_config
+from delivery.tag import client_tag_config
 from segmentation.selectors import table_versions_serving
 
 
@@ -34,12 +34,7 @@ def manifest_publish(*, client_id: int) -> dict:
         "client_id": client.pk,
         "public_key": client.public_key,
         "origins": sorted(site.origin.rstrip("/") for site in client.sites.all()),
-        "tag": tag_config(
-            public_key=client.public_key,
-            cookie_domain=client.cookie_domain,
-            consent_mode=client.consent_mode,
-            timeout_ms=client.tag_timeout_ms,
-        ),
+        "tag": client_tag_config(client),
         "placements": placements,
     }
     store_get().manifest_put(client.public_key, _dumps(manifest))

@@ -56,6 +56,16 @@ def tag_config(*, public_key: str, cookie_domain: str, consent_mode: str, timeou
     }
 
 
+def client_tag_config(client) -> dict:
+    """tag_config from a Client row (its cookie domain, consent mode and timeout)."""
+    return tag_config(
+        public_key=client.public_key,
+        cookie_domain=client.cookie_domain,
+        consent_mode=client.consent_mode,
+        timeout_ms=client.tag_timeout_ms,
+    )
+
+
 @lru_cache(maxsize=1024)
 def _body(config_json: str) -> TagBody:
     body = f"var __cmConfig={config_json};\n{_source()}".encode()

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from django.db import connection
 
 from aggregation.models import Event, Profile
+from aggregation.records import record_new
 from aggregation.services import profiles_rebuild
 from aggregation.spool import SpoolWriter, spool_paths
 from delivery.identity import visitor_id_issue
@@ -34,30 +34,18 @@ def _spool(client_id: int, root: Path, *, files: int, per_file: int) -> None:
         records = []
         for index in range(per_file):
             kind = KINDS[index % 4]
-            at = (START + timedelta(seconds=rng.randrange(86400 * 20))).isoformat()
             records.append(
-                {
-                    "event_id": str(uuid.uuid4()),
-                    "client": client_id,
-                    "type": kind,
-                    "visitor_id": rng.choice(visitors),
-                    "session_id": f"s{rng.randrange(500)}",
-                    "occurred_at": at,
-                    "received_at": at,
-                    "url": "https://shop.example/",
-                    "referrer": "",
-                    "campaign_key": "",
-                    "placement_key": "",
-                    "content_id": None,
-                    "table_version": None,
-                    "product_id": "p1",
-                    "category": "",
-                    "order_id": f"o{index}" if kind == "purchase" else "",
-                    "value": "10.00" if kind == "purchase" else None,
-                    "currency": "",
-                    "email": "",
-                    "properties": {},
-                }
+                record_new(
+                    client_id=client_id,
+                    kind=kind,
+                    visitor_id=rng.choice(visitors),
+                    session_id=f"s{rng.randrange(500)}",
+                    occurred_at=START + timedelta(seconds=rng.randrange(86400 * 20)),
+                    url="https://shop.example/",
+                    product_id="p1",
+                    order_id=f"o{index}" if kind == "purchase" else "",
+                    value="10.00" if kind == "purchase" else None,
+                )
             )
         writer.append(records)
         writer.close()

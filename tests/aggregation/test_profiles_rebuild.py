@@ -1,7 +1,6 @@
 """Profiles updated file by file at consolidation equal a rebuild from all events (A5)."""
 
 import random
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -10,6 +9,7 @@ from django.core.management import call_command
 from django.forms.models import model_to_dict
 
 from aggregation.models import Profile
+from aggregation.records import record_new
 from aggregation.services import spool_consolidate
 from aggregation.spool import spool_append, spool_seal_open
 from delivery.identity import visitor_id_issue
@@ -31,31 +31,25 @@ KINDS = [
 
 def _event(rng, client_id, visitor_id, moment) -> dict:
     kind = rng.choice(KINDS)
-    at = moment.isoformat()
-    return {
-        "event_id": str(uuid.uuid4()),
-        "client": client_id,
-        "type": kind,
-        "visitor_id": visitor_id,
-        "session_id": f"s{rng.randrange(4)}",
-        "occurred_at": at,
-        "received_at": at,
-        "url": rng.choice(["https://shop.example/", "https://shop.example/?utm_medium=email"]),
-        "referrer": rng.choice(["", "https://www.google.com/", "https://blog.example/"]),
-        "campaign_key": "",
-        "placement_key": "",
-        "content_id": None,
-        "table_version": None,
-        "product_id": rng.choice(["driver", "putter", "balls"]),
-        "category": rng.choice(["", "clubs", "balls"]),
-        "order_id": f"o{rng.randrange(3)}" if kind == "purchase" else "",
-        "value": str(Decimal(rng.randrange(1000, 50000)) / 100) if kind == "purchase" else None,
-        "currency": "USD" if kind == "purchase" else "",
-        "email": rng.choice(["", f"{visitor_id[:8].lower()}@example.com"]),
-        "properties": {"tier": rng.choice(["gold", "silver"]), "name": "x"}
+    bought = kind == "purchase"
+    return record_new(
+        client_id=client_id,
+        kind=kind,
+        visitor_id=visitor_id,
+        session_id=f"s{rng.randrange(4)}",
+        occurred_at=moment,
+        url=rng.choice(["https://shop.example/", "https://shop.example/?utm_medium=email"]),
+        referrer=rng.choice(["", "https://www.google.com/", "https://blog.example/"]),
+        product_id=rng.choice(["driver", "putter", "balls"]),
+        category=rng.choice(["", "clubs", "balls"]),
+        order_id=f"o{rng.randrange(3)}" if bought else "",
+        value=str(Decimal(rng.randrange(1000, 50000)) / 100) if bought else None,
+        currency="USD" if bought else "",
+        email=rng.choice(["", f"{visitor_id[:8].lower()}@example.com"]),
+        properties={"tier": rng.choice(["gold", "silver"]), "name": "x"}
         if kind == "custom"
         else {},
-    }
+    )
 
 
 def test_consolidated_profiles_equal_a_rebuild_from_events():

@@ -1,7 +1,6 @@
 """Identity stitching (B5): visitors who give one email share one profile and its content."""
 
 import io
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -10,6 +9,7 @@ from django.core.management import call_command
 
 from aggregation.imports import visitor_id_for
 from aggregation.models import ImportMapping, Profile, VisitorLink
+from aggregation.records import record_new
 from aggregation.services import spool_consolidate
 from aggregation.services.imports import import_job_create, import_job_run
 from aggregation.spool import spool_append, spool_seal_open
@@ -24,14 +24,14 @@ START = datetime(2026, 10, 1, tzinfo=UTC)
 
 
 def _event(client_id, visitor_id, kind, day, **fields) -> dict:
-    at = (START + timedelta(days=day)).isoformat()
-    return {
-        "event_id": str(uuid.uuid4()), "client": client_id, "type": kind,
-        "visitor_id": visitor_id, "session_id": f"s{day}", "occurred_at": at, "received_at": at,
-        "url": "", "referrer": "", "campaign_key": "", "placement_key": "", "content_id": None,
-        "table_version": None, "product_id": "", "category": "", "order_id": "", "value": None,
-        "currency": "", "email": "", "properties": {}, **fields,
-    }  # fmt: skip
+    return record_new(
+        client_id=client_id,
+        kind=kind,
+        visitor_id=visitor_id,
+        session_id=f"s{day}",
+        occurred_at=START + timedelta(days=day),
+        **fields,
+    )
 
 
 def _load(records) -> None:

@@ -7,7 +7,7 @@ import pytest
 from django.urls import reverse
 
 from delivery.services import manifest_publish
-from delivery.tag import tag_body, tag_config, tag_snippet
+from delivery.tag import client_tag_config, tag_body, tag_config, tag_snippet
 from tests.factories import CampaignFactory
 
 pytestmark = pytest.mark.django_db
@@ -42,14 +42,7 @@ def test_tag_carries_the_clients_settings_and_short_caching(client, shop):
 
 
 def test_versioned_tag_is_immutable_and_matches_its_integrity_hash(client, shop):
-    served = tag_body(
-        tag_config(
-            public_key=shop.public_key,
-            cookie_domain=shop.cookie_domain,
-            consent_mode=shop.consent_mode,
-            timeout_ms=shop.tag_timeout_ms,
-        )
-    )
+    served = tag_body(client_tag_config(shop))
 
     response = client.get(f"/t/v1/{shop.public_key}.{served.version}.js")
 

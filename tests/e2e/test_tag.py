@@ -9,7 +9,7 @@ from aggregation.models import Event
 from aggregation.services import spool_consolidate
 from campaigns.models import Content
 from delivery.services import manifest_publish
-from delivery.tag import tag_body, tag_config, tag_snippet
+from delivery.tag import client_tag_config, tag_body, tag_snippet
 from segmentation.services import tables_build
 from tests.e2e.sites import page_html
 from tests.factories import CampaignFactory, ClientFactory, ContentFactory, SiteFactory
@@ -411,14 +411,7 @@ def test_custom_global_name_and_commands_queued_before_load(live_server, sites, 
 
 
 def test_pinned_snippet_loads_only_the_file_its_hash_names(live_server, sites, shop, page):
-    pinned = tag_body(
-        tag_config(
-            public_key=shop.public_key,
-            cookie_domain=shop.cookie_domain,
-            consent_mode=shop.consent_mode,
-            timeout_ms=shop.tag_timeout_ms,
-        )
-    )
+    pinned = tag_body(client_tag_config(shop))
     good = tag_snippet(base_url=live_server.url, public_key=shop.public_key, pinned=pinned)
     tampered = good.replace(pinned.integrity, "sha384-" + "A" * 64)
     _serve(sites, live_server, shop, snippet=good, path="/good")
