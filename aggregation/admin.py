@@ -16,7 +16,7 @@ from aggregation.models import (
     Profile,
     VisitorLink,
 )
-from aggregation.services import dead_letter_path, dead_letters
+from aggregation.services import dead_letter_path, dead_letters, quarantine_requeue
 from aggregation.services.imports import error_report_path, import_job_create
 from aggregation.services.profiles import identities_separate
 from coremetrics.tenancy import (
@@ -73,6 +73,11 @@ class ConsolidationRunAdmin(admin.ModelAdmin):
                 view(self.dead_letter_download),
                 name="aggregation-dead-letter-download",
             ),
+            path(
+                "dead-letters/quarantine/<str:name>/requeue",
+                view(self.quarantine_requeue),
+                name="aggregation-quarantine-requeue",
+            ),
             *super().get_urls(),
         ]
 
@@ -95,6 +100,20 @@ class ConsolidationRunAdmin(admin.ModelAdmin):
         except FileNotFoundError:
             raise Http404("no such file") from None
         return FileResponse(path.open("rb"), as_attachment=True, filename=name)
+
+    def quarantine_requeue(self, request, name):
+        if not request.user.is_superuser or request.method != "POST":
+            raise PermissionDenied
+        try:
+            quarantine_requeue(name=name)
+        except FileNotFoundError:
+            raise Http404("no such file") from None
+        self.message_user(
+            request,
+            f"{name} is back in the spool; the next consolidation loads it.",
+            messages.SUCCESS,
+        )
+        return HttpResponseRedirect(reverse("admin:aggregation-dead-letters"))
 
     def run_now(self, request):
         if request.method == "POST" and request.user.is_superuser:

@@ -63,8 +63,40 @@ def source_classify(url: str, referrer: str) -> str:
     return "referral"
 
 
-def profile_compute(events: Iterable[EventRow], *, now: datetime, idle: timedelta) -> dict:
-    """Profile field values from one visitor's events (any order)."""
+@dataclass
+class ProfileTotals:
+    """What a profile is finished from: per-event work, done over the events in Python
+    (profile_totals) or in PostgreSQL (aggregation/services/profiles.py), which must agree."""
+
+    visits: int
+    cart_abandonments: int
+    page_views: int
+    product_views: int
+    products_viewed: int
+    cart_adds: int
+    cart_removes: int
+    purchases: int
+    total_spent: Decimal
+    categories: dict[str, int]
+    email: str
+    # The properties of the visitor's custom events, oldest first.
+    custom_properties: list[dict]
+    landing_url: str
+    landing_referrer: str
+    first_seen_at: datetime
+    last_seen_at: datetime
+
+
+def profile_totals(events: Iterable[EventRow], *, now: datetime, idle: timedelta) -> ProfileTotals:
+    """The totals of one visitor's events (any order).
+
+    The rules, which the SQL version follows clause by clause: events in (time, event id)
+    order; a visit is a session id (an event without one is a visit of its own); an order id
+    counts once, at its last value (an event without one is an order of its own); a cart is
+    abandoned when its session has no purchase and ended (idle longer than `idle`) before
+    `now`; the landing event is the first one that is not a delivery (else the first); the
+    email is the last one given.
+    """
     rows = sorted(events, key=lambda row: (row.occurred_at, str(row.event_id)))
     if not rows:
         raise ValueError("a profile needs at least one event")
@@ -73,7 +105,7 @@ def profile_compute(events: Iterable[EventRow], *, now: datetime, idle: timedelt
     sessions: dict[str, dict] = {}
     products: set[str] = set()
     categories: Counter[str] = Counter()
-    attributes: dict = {}
+    custom_properties = []
     email = ""
     for index, row in enumerate(rows):
         if row.type in counts:
@@ -86,9 +118,7 @@ def profile_compute(events: Iterable[EventRow], *, now: datetime, idle: timedelt
             # A purchase re-sent under a new event id still names the same order once.
             orders[row.order_id or f"#{index}"] = row.value or Decimal("0")
         if row.type == "custom" and row.properties:
-            attributes.update(
-                (key, value) for key, value in row.properties.items() if key != "name"
-            )
+            custom_properties.append(row.properties)
         if row.email:
             email = row.email
         session = sessions.setdefault(
@@ -97,28 +127,61 @@ def profile_compute(events: Iterable[EventRow], *, now: datetime, idle: timedelt
         session["cart"] |= row.type == "cart_add"
         session["bought"] |= row.type == "purchase"
         session["last"] = row
-    abandoned = sum(
-        1
-        for session in sessions.values()
-        if session["cart"] and not session["bought"] and now - session["last"].occurred_at > idle
-    )
     landing = next((row for row in rows if row.type != "delivery"), rows[0])
-    total = sum(orders.values(), Decimal("0"))
+    return ProfileTotals(
+        visits=len(sessions),
+        cart_abandonments=sum(
+            1
+            for session in sessions.values()
+            if session["cart"]
+            and not session["bought"]
+            and now - session["last"].occurred_at > idle
+        ),
+        page_views=counts["page_view"],
+        product_views=counts["product_view"],
+        products_viewed=len(products),
+        cart_adds=counts["cart_add"],
+        cart_removes=counts["cart_remove"],
+        purchases=len(orders),
+        total_spent=sum(orders.values(), Decimal("0")),
+        categories=dict(categories),
+        email=email,
+        custom_properties=custom_properties,
+        landing_url=landing.url,
+        landing_referrer=landing.referrer,
+        first_seen_at=rows[0].occurred_at,
+        last_seen_at=rows[-1].occurred_at,
+    )
+
+
+def profile_finish(totals: ProfileTotals) -> dict:
+    """Profile field values from a visitor's totals: the per-visitor work."""
+    attributes: dict = {}
+    for properties in totals.custom_properties:
+        attributes.update((key, value) for key, value in properties.items() if key != "name")
+    total = totals.total_spent
     return {
-        "visits": len(sessions),
-        "page_views": counts["page_view"],
-        "product_views": counts["product_view"],
-        "products_viewed": len(products),
-        "categories": dict(sorted(categories.items())[:MAX_CATEGORIES]),
-        "cart_adds": counts["cart_add"],
-        "cart_removes": counts["cart_remove"],
-        "cart_abandonments": abandoned,
-        "purchases": len(orders),
+        "visits": totals.visits,
+        "page_views": totals.page_views,
+        "product_views": totals.product_views,
+        "products_viewed": totals.products_viewed,
+        "categories": dict(sorted(totals.categories.items())[:MAX_CATEGORIES]),
+        "cart_adds": totals.cart_adds,
+        "cart_removes": totals.cart_removes,
+        "cart_abandonments": totals.cart_abandonments,
+        "purchases": totals.purchases,
         "total_spent": total,
-        "average_order_value": (total / len(orders)).quantize(CENT) if orders else Decimal("0"),
-        "source": source_classify(landing.url, landing.referrer),
-        "email": email,
+        "average_order_value": (
+            (total / totals.purchases).quantize(CENT) if totals.purchases else Decimal("0")
+        ),
+        "source": source_classify(totals.landing_url, totals.landing_referrer),
+        "email": totals.email,
         "attributes": dict(sorted(attributes.items())[:MAX_ATTRIBUTES]),
-        "first_seen_at": rows[0].occurred_at,
-        "last_seen_at": rows[-1].occurred_at,
+        "first_seen_at": totals.first_seen_at,
+        "last_seen_at": totals.last_seen_at,
     }
+
+
+def profile_compute(events: Iterable[EventRow], *, now: datetime, idle: timedelta) -> dict:
+    """Profile field values from one visitor's events (any order)."""
+    return profile_finish(profile_totals(events, now=now, idle=idle))

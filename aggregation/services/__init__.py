@@ -12,6 +12,7 @@ from aggregation.services.consolidation import (
     deliveries_spool,
     events_collect,
     events_load,
+    quarantine_requeue,
     spool_consolidate,
     spool_file_load,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "profiles_rebuild",
     "profiles_rebuild_all",
     "profiles_settle",
+    "quarantine_requeue",
     "spool_consolidate",
     "spool_file_load",
 ]

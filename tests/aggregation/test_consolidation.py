@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 from django.conf import settings as django_settings
+from django.db.models import F
 from django.urls import reverse
 
 from aggregation import spool
@@ -185,10 +186,10 @@ def test_a_file_failing_again_and_again_is_quarantined_and_others_still_load(sho
     [poison] = spool_paths()["closed"].glob("*.jsonl")
     real_load = services.events_load
 
-    def load_failing_for_poison(*, records):
+    def load_failing_for_poison(*, records, copy_text=None):
         if records and records[0]["event_id"] == shopper[2][0]["event_id"]:
             raise RuntimeError("cannot load")
-        return real_load(records=records)
+        return real_load(records=records, copy_text=copy_text)
 
     monkeypatch.setattr(services, "events_load", load_failing_for_poison)
     runs = [spool_consolidate() for _ in range(services.MAX_FILE_ATTEMPTS)]
@@ -200,6 +201,34 @@ def test_a_file_failing_again_and_again_is_quarantined_and_others_still_load(sho
         spool_paths()["quarantine"] / poison.name
     ]
     assert (healthy.status, healthy.loaded) == ("done", 3)
+
+
+def test_a_requeued_file_loads_once_its_cause_is_gone(client, shopper, superuser, monkeypatch):
+    owner, _, records = shopper
+    spool_append(records)
+    spool.spool_seal_open()
+    [poison] = spool_paths()["closed"].glob("*.jsonl")
+    with monkeypatch.context() as patch:
+        patch.setattr(services, "events_load", _failing_load)
+        for _ in range(services.MAX_FILE_ATTEMPTS):
+            spool_consolidate()
+    url = reverse("admin:aggregation-quarantine-requeue", args=[poison.name])
+    client.force_login(UserFactory())  # staff, not a superuser
+    refused = client.post(url)
+    client.force_login(superuser)
+    missing = client.post(reverse("admin:aggregation-quarantine-requeue", args=["nope.jsonl"]))
+
+    requeued = client.post(url)
+    run = spool_consolidate()
+
+    assert (refused.status_code, missing.status_code, requeued.status_code) == (403, 404, 302)
+    assert list(spool_paths()["quarantine"].iterdir()) == []
+    assert (run.status, run.loaded) == ("done", len(records))
+    assert Event.objects.filter(client=owner).count() == len(records)
+
+
+def _failing_load(**kwargs):
+    raise RuntimeError("cannot load")
 
 
 def test_a_second_consolidation_while_one_runs_is_skipped(shopper):
@@ -303,11 +332,11 @@ def test_a_file_is_loaded_in_slices_and_a_crash_between_them_loses_nothing(shopp
     real_load = services.events_load
     calls = []
 
-    def crash_on_second_slice(*, records):
+    def crash_on_second_slice(*, records, copy_text=None):
         calls.append(len(records))
         if len(calls) == 2:
             raise RuntimeError("killed between slices")
-        return real_load(records=records)
+        return real_load(records=records, copy_text=copy_text)
 
     with monkeypatch.context() as patch:
         patch.setattr(services, "events_load", crash_on_second_slice)
@@ -325,21 +354,24 @@ def test_settling_recomputes_only_sessions_that_ended_since_the_last_run():
 
     now = datetime.now(UTC)
     client = ClientFactory()
-    ended_now, ended_before = visitor_id_issue(), visitor_id_issue()
-    for visitor_id, minutes_ago in [(ended_now, 40), (ended_before, 180)]:
+    ended_now, ended_before, counted = visitor_id_issue(), visitor_id_issue(), visitor_id_issue()
+    for visitor_id, minutes_ago in [(ended_now, 40), (ended_before, 180), (counted, 40)]:
         at = (now - timedelta(minutes=minutes_ago)).isoformat()
         spool_append(
             [{**_record(client.pk, visitor_id, "cart_add", 0, value="5.00"),
               "occurred_at": at, "received_at": at, "event_id": str(uuid.uuid4())}]
         )  # fmt: skip
     spool_consolidate()
-    Profile.objects.update(cart_abandonments=0)  # as if computed while the sessions were open
+    # As if computed while the sessions were open; `counted` was computed after its ended.
+    Profile.objects.exclude(visitor_id=counted).update(
+        cart_abandonments=0, updated_at=F("last_seen_at")
+    )
 
     settled = profiles_settle(now=now, since=now - timedelta(minutes=20))
 
     assert settled == 1
     abandonments = dict(Profile.objects.values_list("visitor_id", "cart_abandonments"))
-    assert abandonments == {ended_now: 1, ended_before: 0}
+    assert abandonments == {ended_now: 1, ended_before: 0, counted: 1}
 
 
 def test_a_database_outage_never_sends_a_file_to_quarantine(shopper, monkeypatch):
@@ -348,7 +380,7 @@ def test_a_database_outage_never_sends_a_file_to_quarantine(shopper, monkeypatch
     _, _, records = shopper
     spool_append(records)
 
-    def database_away(*, records):
+    def database_away(*, records, copy_text=None):
         raise OperationalError("server closed the connection unexpectedly")
 
     with monkeypatch.context() as patch:

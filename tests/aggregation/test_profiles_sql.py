@@ -1,0 +1,118 @@
+"""The profile totals computed in PostgreSQL agree with profile_totals in Python (A5).
+
+Consolidation computes profiles in SQL; the pure Python rules (aggregation/profiles.py) are the
+specification, and the SQLite path. Hypothesis draws event histories full of ties (same instant,
+same order id, sessions left empty) and both must give the same totals.
+"""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aggregation.models import Event
+from aggregation.profiles import EventRow, profile_totals
+from aggregation.records import RECORD_TYPES
+from aggregation.services.profiles import _totals_sql
+from delivery.models import Visitor
+from tests.factories import ClientFactory
+
+pytestmark = pytest.mark.django_db
+
+START = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+IDLE = timedelta(minutes=30)
+
+events_strategy = st.fixed_dictionaries(
+    {
+        "member": st.sampled_from(["v1", "v2", "v3"]),
+        "type": st.sampled_from(RECORD_TYPES),
+        "session_id": st.sampled_from(["", "s1", "s2", "s3"]),
+        # Few distinct instants: many ties, which the event id must order the same way.
+        "minute": st.integers(min_value=0, max_value=90).map(lambda m: m - m % 15),
+        "url": st.sampled_from(
+            ["", "https://shop.example/", "https://shop.example/?utm_medium=email"]
+        ),
+        "referrer": st.sampled_from(["", "https://www.google.com/", "https://blog.example/"]),
+        "order_id": st.sampled_from(["", "o1", "o2"]),
+        "value": st.sampled_from([None, Decimal("0.01"), Decimal("10.00"), Decimal("25.55")]),
+        "email": st.sampled_from(["", "ann@example.com", "bob@example.com"]),
+        "product_id": st.sampled_from(["", "driver", "putter"]),
+        "category": st.sampled_from(["", "clubs", "balls", "Bags"]),
+        "properties": st.sampled_from(
+            [{}, {"tier": "gold"}, {"tier": "silver", "name": "x"}, {"newsletter": True}]
+        ),
+    }
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    drawn=st.lists(events_strategy, min_size=1, max_size=25),
+    linked=st.booleans(),
+    now_minute=st.sampled_from([60, 100, 200]),
+)
+def test_sql_totals_equal_python_totals(drawn, linked, now_minute):
+    client = ClientFactory()
+    events = [
+        Event(
+            client=client,
+            event_id=uuid.uuid4(),
+            visitor_id=item["member"],
+            type=item["type"],
+            session_id=item["session_id"],
+            occurred_at=START + timedelta(minutes=item["minute"]),
+            received_at=START,
+            url=item["url"],
+            referrer=item["referrer"],
+            order_id=item["order_id"],
+            value=item["value"],
+            email=item["email"],
+            product_id=item["product_id"],
+            category=item["category"],
+            properties=item["properties"],
+        )
+        for item in drawn
+    ]
+    Event.objects.bulk_create(events)
+    # v2 joined to v1 (one profile of both) or each a profile of its own.
+    batch = {"v1": {"v1", "v2"}, "v3": {"v3"}} if linked else {v: {v} for v in ("v1", "v2", "v3")}
+    now = START + timedelta(minutes=now_minute)
+
+    totals = _totals_sql(client.pk, batch, now=now, idle=IDLE)
+
+    expected = {}
+    for canonical, members in batch.items():
+        rows = [_row(event) for event in events if event.visitor_id in members]
+        if rows:
+            expected[canonical] = profile_totals(rows, now=now, idle=IDLE)
+    assert totals == expected
+    # The visitor rows of every member seen, written by the same statement.
+    seen = {event.visitor_id for event in events}
+    assert set(Visitor.objects.filter(client=client).values_list("visitor_id", "last_seen_at")) == {
+        (member, max(e.occurred_at for e in events if e.visitor_id == member)) for member in seen
+    }
+    client.delete()
+
+
+def _row(event: Event) -> EventRow:
+    return EventRow(
+        type=event.type,
+        session_id=event.session_id,
+        occurred_at=event.occurred_at,
+        url=event.url,
+        referrer=event.referrer,
+        order_id=event.order_id,
+        value=event.value,
+        email=event.email,
+        product_id=event.product_id,
+        category=event.category,
+        properties=event.properties,
+        event_id=str(event.event_id),
+    )
