@@ -7,10 +7,11 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from aggregation.selectors import profiles_matching, visitor_links
@@ -29,9 +30,20 @@ from segmentation.rules import RuleError, rule_compile, rule_validate
 logger = logging.getLogger(__name__)
 
 
+def rule_condition(*, rule: dict, client_id: int, now: datetime | None = None) -> Q:
+    """A segment rule (validated here) as the condition over the client's profiles, its
+    windows anchored at `now`; raises RuleError."""
+    return rule_compile(
+        rule_validate(rule),
+        client_id=client_id,
+        now=now or timezone.now(),
+        idle=timedelta(minutes=settings.SESSION_IDLE_MINUTES),
+    )
+
+
 def segment_audience_count(*, segment: Segment) -> int:
     """How many of the client's profiles the segment's rule matches."""
-    condition = rule_compile(rule_validate(segment.rule))
+    condition = rule_condition(rule=segment.rule, client_id=segment.client_id)
     return profiles_matching(client_id=segment.client_id, condition=condition).count()
 
 
@@ -50,11 +62,14 @@ class TableContent:
 def _table_compute(campaign) -> TableContent:
     """Who gets what: per attachment, by priority, one query for the segment's visitors."""
     table = TableContent(contents={}, visitors={}, segment_counts={})
+    now = timezone.now()
     if campaign.default_content is not None:
         table.contents[campaign.default_content.pk] = content_answer(campaign.default_content)
     for attachment in attachments_for_campaign(campaign_id=campaign.pk):
         try:
-            condition = rule_compile(rule_validate(attachment.segment.rule))
+            condition = rule_condition(
+                rule=attachment.segment.rule, client_id=campaign.client_id, now=now
+            )
         except RuleError as error:
             raise RuleError([f"segment {attachment.segment}: {e}" for e in error.errors]) from None
         visitor_ids = profiles_matching(

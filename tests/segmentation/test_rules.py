@@ -1,3 +1,4 @@
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -6,6 +7,8 @@ from aggregation.models import Profile
 from segmentation.rules import SOURCES, RuleError, rule_compile, rule_matches, rule_validate
 from tests.factories import ClientFactory, ProfileFactory
 
+NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+IDLE = timedelta(minutes=30)
 BOUGHT = {"field": "purchases", "op": "gte", "value": 1}
 VISITED_MORE_THAN_ONCE = {"field": "visits", "op": "gt", "value": 1}
 FIRST_TIME = {"field": "first_time", "op": "is", "value": True}
@@ -147,18 +150,18 @@ def test_rule_validate_types_values():
         ({"any": BOUGHT}, "rule.any: must be a non-empty list"),
         (
             {"field": "visits", "op": "gt", "value": 1, "table": "auth_user"},
-            "rule: expected all, any, not, or field/op/value, got "
+            "rule: expected all, any, not, field/op/value or event/count, got "
             "['field', 'op', 'table', 'value']",
         ),
         (
             {"all": [BOUGHT], "any": [BOUGHT]},
-            "rule: expected all, any, not, or field/op/value, got ['all', 'any']",
+            "rule: expected all, any, not, field/op/value or event/count, got ['all', 'any']",
         ),
         (
             {"field": "visits", "op": "gt"},
-            "rule: expected all, any, not, or field/op/value, got ['field', 'op']",
+            "rule: expected all, any, not, field/op/value or event/count, got ['field', 'op']",
         ),
-        ({}, "rule: expected all, any, not, or field/op/value, got []"),
+        ({}, "rule: expected all, any, not, field/op/value or event/count, got []"),
         ([BOUGHT], "rule: must be an object"),
         ({"not": "purchases"}, "rule.not: must be an object"),
         (
@@ -260,14 +263,14 @@ def test_rule_compile_selects_exactly_the_profiles_rule_matches_accepts(rule, pr
     client_id = profiles[0].client_id
 
     compiled = set(
-        Profile.objects.filter(rule_compile(rule), client_id=client_id).values_list(
-            "visitor_id", flat=True
-        )
+        Profile.objects.filter(
+            rule_compile(rule, client_id=client_id, now=NOW, idle=IDLE), client_id=client_id
+        ).values_list("visitor_id", flat=True)
     )
     evaluated = {
         values["visitor_id"]
         for values in Profile.objects.filter(client_id=client_id).values()
-        if rule_matches(rule, values)
+        if rule_matches(rule, values, now=NOW, idle=IDLE)
     }
 
     assert compiled == evaluated
@@ -282,7 +285,9 @@ def test_rule_compile_example_selects_the_expected_visitors():
     newcomer = ProfileFactory(client=client, visits=1)
     rule = rule_validate({"any": [CART_THREE_TIMES_REMOVED, FIRST_TIME]})
 
-    selected = Profile.objects.filter(rule_compile(rule), client=client)
+    selected = Profile.objects.filter(
+        rule_compile(rule, client_id=client.pk, now=NOW, idle=IDLE), client=client
+    )
 
     assert set(selected.values_list("visitor_id", flat=True)) == {
         hesitant.visitor_id,
@@ -295,8 +300,17 @@ def test_rule_compile_is_one_query(profiles, django_assert_num_queries):
     rule = rule_validate(KNOWN_NON_BUYERS_OR_BIG_SPENDERS)
 
     with django_assert_num_queries(1):
-        selected = list(Profile.objects.filter(rule_compile(rule)))
+        selected = list(
+            Profile.objects.filter(
+                rule_compile(rule, client_id=profiles[0].client_id, now=NOW, idle=IDLE),
+                client_id=profiles[0].client_id,
+            )
+        )
 
     assert len(selected) == len(
-        [profile for profile in Profile.objects.values() if rule_matches(rule, profile)]
+        [
+            profile
+            for profile in Profile.objects.filter(client_id=profiles[0].client_id).values()
+            if rule_matches(rule, profile, now=NOW, idle=IDLE)
+        ]
     )

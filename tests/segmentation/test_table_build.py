@@ -83,7 +83,7 @@ def test_failed_build_leaves_the_current_version_serving(campaign):
     assert failed.error == (
         "RuleError: segment "
         f"{campaign.attachments.get(priority=3).segment.name}: "
-        "rule: expected all, any, not, or field/op/value, got ['field']"
+        "rule: expected all, any, not, field/op/value or event/count, got ['field']"
     )
     assert TableVersion.objects.get(campaign=campaign, number=1).status == "published"
     assert _served(campaign, visitor.visitor_id) == ("buyer", "table", 1)
