@@ -13,3 +13,15 @@ def visitor_links(*, client_id: int) -> dict[str, str]:
     return dict(
         VisitorLink.objects.filter(client_id=client_id).values_list("visitor_id", "canonical_id")
     )
+
+
+def categories_seen(*, client_id: int, limit: int = 200) -> list[str]:
+    """The categories of the client's product and category views, for pickers: the names
+    the most recently seen profiles carry (their per-category view counts)."""
+    names: set[str] = set()
+    recent = Profile.objects.filter(client_id=client_id).exclude(categories={})
+    for categories in recent.order_by("-last_seen_at").values_list("categories", flat=True)[:2000]:
+        names.update(categories)
+        if len(names) >= limit:
+            break
+    return sorted(names)[:limit]

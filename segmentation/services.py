@@ -8,6 +8,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -24,13 +25,13 @@ from campaigns.selectors import (
 from coremetrics.models import Client
 from coremetrics.selectors import clients_all
 from delivery.services import manifest_publish, table_discard, table_store
-from segmentation.models import Segment, TableVersion
+from segmentation.models import TableVersion
 from segmentation.rules import RuleError, rule_compile, rule_validate
 
 logger = logging.getLogger(__name__)
 
 
-def rule_condition(*, rule: dict, client_id: int, now: datetime | None = None) -> Q:
+def rule_condition(*, rule: Any, client_id: int, now: datetime | None = None) -> Q:
     """A segment rule (validated here) as the condition over the client's profiles, its
     windows anchored at `now`; raises RuleError."""
     return rule_compile(
@@ -41,10 +42,21 @@ def rule_condition(*, rule: dict, client_id: int, now: datetime | None = None) -
     )
 
 
-def segment_audience_count(*, segment: Segment) -> int:
-    """How many of the client's profiles the segment's rule matches."""
-    condition = rule_condition(rule=segment.rule, client_id=segment.client_id)
-    return profiles_matching(client_id=segment.client_id, condition=condition).count()
+AUDIENCE_SAMPLE_FIELDS = ["visitor_id", "visits", "purchases", "total_spent", "last_seen_at"]
+
+
+def segment_audience(*, client_id: int, rule: Any, sample_size: int = 10) -> dict:
+    """How many of the client's profiles a rule matches now, with the most recently seen few
+    of them; raises RuleError naming every problem of the rule."""
+    matching = profiles_matching(
+        client_id=client_id, condition=rule_condition(rule=rule, client_id=client_id)
+    )
+    return {
+        "count": matching.count(),
+        "sample": list(
+            matching.order_by("-last_seen_at")[:sample_size].values(*AUDIENCE_SAMPLE_FIELDS)
+        ),
+    }
 
 
 @dataclass
