@@ -29,6 +29,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    "rest_framework",
     "coremetrics",
     "delivery",
     "aggregation",
@@ -166,3 +167,10 @@ COLLECT_MAX_EVENTS = env.int("COLLECT_MAX_EVENTS", default=100)
 # a burst may use at once; beyond that collect answers 429 with Retry-After.
 COLLECT_RATE_PER_SECOND = env.float("COLLECT_RATE_PER_SECOND", default=2000)
 COLLECT_RATE_BURST_SECONDS = env.float("COLLECT_RATE_BURST_SECONDS", default=5)
+
+# The REST API (/api/v1). Console sessions for now; per-client tokens come with the API issue.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "UNAUTHENTICATED_USER": None,
+}

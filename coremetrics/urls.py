@@ -9,6 +9,7 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index"), name="home"),
     path("", include("delivery.urls")),
     path("", include("aggregation.urls")),
+    path("", include("segmentation.urls")),
     path("demo/", include(demo_shop.urlpatterns)),
     path("admin/", admin.site.urls),
 ]

@@ -46,6 +46,12 @@ def table_store(*, campaign_id: int, version: int, table: dict) -> None:
     store_get().table_put(campaign_id, version, _dumps(table))
 
 
+def table_read(*, campaign_id: int, version: int) -> dict | None:
+    """A stored table version, or None when the store no longer has it."""
+    data = store_get().table_get(campaign_id, version)
+    return json.loads(data) if data is not None else None
+
+
 def table_discard(*, campaign_id: int, version: int) -> None:
     store_get().table_delete(campaign_id, version)
 

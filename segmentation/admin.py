@@ -1,17 +1,24 @@
 import json
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import JsonResponse
+from django.http import HttpResponseRedirect, JsonResponse
 from django.urls import path, reverse
+from django.utils.html import format_html_join
 
 from aggregation.selectors import categories_seen
 from coremetrics.models import Client
-from coremetrics.tenancy import ReadOnlyTenantAdmin, TenantAdmin, TenantForm, client_of
+from coremetrics.tenancy import (
+    ReadOnlyTenantAdmin,
+    TenantAdmin,
+    TenantForm,
+    client_of,
+    is_editor,
+)
 from segmentation.models import Segment, TableVersion
 from segmentation.rules import BEHAVIOURS, COUNT_SQL, FIELDS, RuleError, rule_validate
-from segmentation.services import segment_audience
+from segmentation.services import PublishError, segment_audience, table_publish
 
 
 class RuleBuilderWidget(forms.Textarea):
@@ -95,21 +102,123 @@ class SegmentAdmin(TenantAdmin):
         return JsonResponse({**audience, "categories": categories_seen(client_id=client.pk)})
 
 
+VERSION_FIELDS: list[str] = [
+    "campaign",
+    "number",
+    "status",
+    "is_pinned",
+    "is_stored",
+    "visitor_count",
+    "moves",
+    "per_content",
+    "per_segment",
+    "started_at",
+    "finished_at",
+    "duration",
+    "published_at",
+    "checksum",
+    "error",
+]
+
+
 @admin.register(TableVersion)
 class TableVersionAdmin(ReadOnlyTenantAdmin):
+    """The build history (B1): every version with its counts, timings and diff; a version
+    still stored can be published by hand (a preview, or a rollback)."""
+
     list_display = [
         "campaign",
         "number",
         "status",
         "visitor_count",
+        "changes",
         "duration",
         "published_at",
+        "is_pinned",
         "client",
     ]
-    list_filter = ["status"]
-    readonly_fields = [field.name for field in TableVersion._meta.fields]
+    list_filter = ["status", "campaign"]
+    fields = tuple(VERSION_FIELDS)
+    readonly_fields = tuple(VERSION_FIELDS)
+    change_form_template = "admin/segmentation/tableversion/change_form.html"
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path(
+                "<int:version_id>/publish/",
+                view(self.publish),
+                name="segmentation-tableversion-publish",
+            ),
+            *super().get_urls(),
+        ]
+
+    def publish(self, request, version_id):
+        version = self.get_object(request, str(version_id))
+        if request.method != "POST" or version is None or not is_editor(request):
+            raise PermissionDenied
+        try:
+            table_publish(version=version)
+        except PublishError as error:
+            self.message_user(request, f"Not published: {error}.", messages.ERROR)
+        else:
+            pinned = (
+                " It is pinned: automatic builds now wait as previews." if version.is_pinned else ""
+            )
+            self.message_user(
+                request, f"Version {version.number} of {version.campaign} serves now.{pinned}"
+            )
+        return HttpResponseRedirect(
+            reverse("admin:segmentation_tableversion_change", args=[version.pk])
+        )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        version = self.get_object(request, object_id)
+        can_publish = (
+            version is not None
+            and is_editor(request)
+            and version.is_stored
+            and version.status in (TableVersion.Status.READY, TableVersion.Status.SUPERSEDED)
+        )
+        return super().change_view(
+            request, object_id, form_url, {**(extra_context or {}), "can_publish": can_publish}
+        )
 
     @admin.display(description="Build time")
     def duration(self, version):
         seconds = version.duration_seconds
         return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+    @admin.display(description="Changes")
+    def changes(self, version):
+        if version.diff_against is None:
+            return "-"
+        moved = sum(move["visitors"] for move in version.diff)
+        return f"{moved:,} visitors move (against v{version.diff_against})"
+
+    @admin.display(description="Who moves, against the version serving when it was built")
+    def moves(self, version):
+        if version.diff_against is None:
+            return "Nothing served before this version."
+        if not version.diff:
+            return f"Nobody moves against version {version.diff_against}."
+        return format_html_join(
+            "",
+            "<p>{} visitors move from {} to {}</p>",
+            ((f"{move['visitors']:,}", move["from"], move["to"]) for move in version.diff),
+        )
+
+    @admin.display(description="Visitors per content")
+    def per_content(self, version):
+        return _lines(f"{name}: {count:,}" for name, count in version.content_counts.items())
+
+    @admin.display(description="Visitors per segment (seconds to evaluate)")
+    def per_segment(self, version):
+        return _lines(
+            f"{name}: {count:,} ({version.segment_seconds.get(name, 0):.3f} s)"
+            for name, count in version.segment_counts.items()
+        )
+
+
+def _lines(lines) -> str:
+    return format_html_join("", "<p>{}</p>", ((line,) for line in lines)) or "-"

@@ -28,6 +28,7 @@ class TableVersion(models.Model):
 
     class Status(models.TextChoices):
         BUILDING = "building", "Building"
+        READY = "ready", "Built, waiting to be published"
         PUBLISHED = "published", "Published"
         SUPERSEDED = "superseded", "Superseded"
         FAILED = "failed", "Failed"
@@ -41,6 +42,26 @@ class TableVersion(models.Model):
     visitor_count = models.PositiveIntegerField(default=0)
     content_counts = models.JSONField(default=dict, blank=True)
     segment_counts = models.JSONField(default=dict, blank=True)
+    segment_seconds = models.JSONField(
+        default=dict, blank=True, help_text="Seconds each segment's evaluation took."
+    )
+    diff = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Visitors moving from one content to another against the version serving "
+        "when this one was built: [{from, to, visitors}], most first.",
+    )
+    diff_against = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The version number the diff compares with."
+    )
+    is_pinned = models.BooleanField(
+        default=False,
+        help_text="Published by hand over a newer version (a rollback): automatic builds wait "
+        "as previews until someone publishes again.",
+    )
+    is_stored = models.BooleanField(
+        default=True, help_text="Still in the table store, so it can be published again."
+    )
     checksum = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the table.")
     error = models.TextField(blank=True)
     started_at = models.DateTimeField(auto_now_add=True)

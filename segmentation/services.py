@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,7 +16,7 @@ from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from aggregation.selectors import profiles_matching, visitor_links
+from aggregation.selectors import canonical_of, profiles_matching, visitor_links
 from campaigns.selectors import (
     attachments_for_campaign,
     campaign_get,
@@ -24,7 +25,7 @@ from campaigns.selectors import (
 )
 from coremetrics.models import Client
 from coremetrics.selectors import clients_all
-from delivery.services import manifest_publish, table_discard, table_store
+from delivery.services import manifest_publish, table_discard, table_read, table_store
 from segmentation.models import TableVersion
 from segmentation.rules import RuleError, rule_compile, rule_validate
 
@@ -64,6 +65,7 @@ class TableContent:
     contents: dict[int, dict | None]
     visitors: dict[str, int]
     segment_counts: dict[str, int]
+    segment_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def checksum(self) -> str:
@@ -78,6 +80,7 @@ def _table_compute(campaign) -> TableContent:
     if campaign.default_content is not None:
         table.contents[campaign.default_content.pk] = content_answer(campaign.default_content)
     for attachment in attachments_for_campaign(campaign_id=campaign.pk):
+        started = time.perf_counter()
         try:
             condition = rule_condition(
                 rule=attachment.segment.rule, client_id=campaign.client_id, now=now
@@ -92,6 +95,7 @@ def _table_compute(campaign) -> TableContent:
             matched += 1
             table.visitors.setdefault(visitor_id, attachment.content_id)
         table.segment_counts[attachment.segment.name] = matched
+        table.segment_seconds[attachment.segment.name] = round(time.perf_counter() - started, 3)
         table.contents[attachment.content_id] = content_answer(attachment.content)
     # A visitor joined to another's profile (same email) gets what that profile gets.
     for alias, canonical in visitor_links(client_id=campaign.client_id).items():
@@ -100,10 +104,13 @@ def _table_compute(campaign) -> TableContent:
     return table
 
 
-def table_build(*, campaign_id: int) -> TableVersion:
-    """Build the campaign's next table version and publish it; on failure the old one serves.
+def table_build(*, campaign_id: int, publish: bool = True) -> TableVersion:
+    """Build the campaign's next table version, with its diff against the one serving, and
+    publish it (unless `publish` is false: a preview to publish by hand, or the serving version
+    is pinned by a rollback). On failure the serving version stays.
 
-    Idempotent: when the table comes out as the one serving, no version is added.
+    Idempotent: when the table comes out as the one serving (or as the newest preview), no
+    version is added.
     """
     campaign = campaign_get(campaign_id=campaign_id)
     with transaction.atomic():
@@ -121,6 +128,14 @@ def table_build(*, campaign_id: int) -> TableVersion:
         if serving is not None and serving.checksum == table.checksum:
             version.delete()
             return serving
+        preview = (
+            TableVersion.objects.filter(campaign=campaign, status=TableVersion.Status.READY)
+            .order_by("-number")
+            .first()
+        )
+        if not publish and preview is not None and preview.checksum == table.checksum:
+            version.delete()
+            return preview
         table_store(
             campaign_id=campaign.pk,
             version=number,
@@ -131,7 +146,12 @@ def table_build(*, campaign_id: int) -> TableVersion:
                 "visitors": table.visitors,
             },
         )
-        _publish(version, table)
+        _describe(version, table, campaign=campaign, serving=serving)
+        if publish and not (serving is not None and serving.is_pinned):
+            _publish(version)
+        else:
+            version.status = TableVersion.Status.READY
+            version.save()
     except Exception as error:
         logger.exception("table build of campaign %s failed", campaign.pk)
         version.status = TableVersion.Status.FAILED
@@ -144,47 +164,122 @@ def table_build(*, campaign_id: int) -> TableVersion:
     return version
 
 
-def _publish(version: TableVersion, table: TableContent) -> None:
+def _describe(version: TableVersion, table: TableContent, *, campaign, serving) -> None:
+    """The version's counts, timings and diff against the serving version (not saved)."""
     names = {ident: answer["name"] for ident, answer in table.contents.items() if answer}
     version.visitor_count = len(table.visitors)
     version.segment_counts = table.segment_counts
+    version.segment_seconds = table.segment_seconds
     version.content_counts = {
         names[ident]: count for ident, count in Counter(table.visitors.values()).items()
     }
     version.checksum = table.checksum
     version.finished_at = timezone.now()
+    if serving is not None:
+        old = table_read(campaign_id=campaign.pk, version=serving.number)
+        if old is not None:
+            version.diff = table_diff(
+                old_visitors=old["visitors"],
+                new_visitors=table.visitors,
+                names={**_names(old["contents"]), **names},
+                default=campaign.default_content.name if campaign.default_content else None,
+            )
+            version.diff_against = serving.number
+
+
+def _names(contents: dict) -> dict[int, str]:
+    return {int(ident): answer["name"] for ident, answer in contents.items() if answer}
+
+
+DEFAULT_LABEL = "the default"
+
+
+def table_diff(
+    *,
+    old_visitors: dict[str, int],
+    new_visitors: dict[str, int],
+    names: dict[int, str],
+    default: str | None,
+) -> list[dict]:
+    """How many visitors move from which content to which between two tables: a visitor
+    missing from a table gets the campaign's default there. Most moved first."""
+    moves: Counter[tuple[str, str]] = Counter()
+    fallback = default or DEFAULT_LABEL
+    for visitor_id in old_visitors.keys() | new_visitors.keys():
+        before, after = old_visitors.get(visitor_id), new_visitors.get(visitor_id)
+        if before != after:
+            moves[
+                (
+                    names.get(before, fallback) if before is not None else fallback,
+                    names.get(after, fallback) if after is not None else fallback,
+                )
+            ] += 1
+    return [
+        {"from": source, "to": target, "visitors": count}
+        for (source, target), count in sorted(moves.items(), key=lambda item: (-item[1], item[0]))
+        if source != target
+    ]
+
+
+def _publish(version: TableVersion, *, by_hand: bool = False) -> bool:
+    """Make the version the one serving its campaign, atomically (one manifest write).
+
+    An automatic build never replaces a newer published version; by hand (publishing a preview,
+    rolling back) any stored version can be published, and one older than the newest built is
+    pinned. Returns whether it was published.
+    """
     with transaction.atomic():
         # Manifests of one client are written one at a time, each from committed state,
         # so two campaigns publishing at once cannot undo each other's switch.
         Client.objects.select_for_update().filter(pk=version.client_id).first()
-        newer = TableVersion.objects.filter(
-            campaign_id=version.campaign_id,
-            status=TableVersion.Status.PUBLISHED,
-            number__gt=version.number,
+        published = TableVersion.objects.filter(
+            campaign_id=version.campaign_id, status=TableVersion.Status.PUBLISHED
         )
-        if newer.exists():
+        if not by_hand and published.filter(number__gt=version.number).exists():
             # A build that started later has published already; ours is older news.
             version.status = TableVersion.Status.SUPERSEDED
             version.save()
-            return
-        TableVersion.objects.filter(
-            campaign_id=version.campaign_id, status=TableVersion.Status.PUBLISHED
-        ).update(status=TableVersion.Status.SUPERSEDED)
+            return False
+        newest = TableVersion.objects.filter(campaign_id=version.campaign_id).aggregate(
+            Max("number")
+        )["number__max"]
+        published.exclude(pk=version.pk).update(
+            status=TableVersion.Status.SUPERSEDED, is_pinned=False
+        )
         version.status = TableVersion.Status.PUBLISHED
-        version.published_at = version.finished_at
+        version.published_at = timezone.now()
+        version.is_pinned = by_hand and version.number < (newest or 0)
         version.save()
         manifest_publish(client_id=version.client_id)
+    return True
+
+
+class PublishError(ValueError):
+    pass
+
+
+def table_publish(*, version: TableVersion) -> TableVersion:
+    """Publish a built version by hand: a preview, or an older one (a rollback, which pins it:
+    automatic builds then wait as previews until someone publishes again)."""
+    version.refresh_from_db()
+    if version.status not in (TableVersion.Status.READY, TableVersion.Status.SUPERSEDED):
+        raise PublishError(f"version {version.number} is {version.get_status_display().lower()}")
+    if not version.is_stored:
+        raise PublishError(f"version {version.number} is no longer in the table store")
+    _publish(version, by_hand=True)
+    return version
 
 
 def _prune(*, campaign_id: int) -> None:
     """Drop stored tables beyond the newest TABLE_VERSIONS_KEPT (kept for rollback)."""
     old = (
-        TableVersion.objects.filter(campaign_id=campaign_id)
+        TableVersion.objects.filter(campaign_id=campaign_id, is_stored=True)
         .exclude(status=TableVersion.Status.PUBLISHED)
         .order_by("-number")[settings.TABLE_VERSIONS_KEPT :]
     )
     for version in old:
         table_discard(campaign_id=campaign_id, version=version.number)
+        TableVersion.objects.filter(pk=version.pk).update(is_stored=False)
 
 
 def tables_build(*, client_id: int | None = None) -> list[TableVersion]:
@@ -196,3 +291,64 @@ def tables_build(*, client_id: int | None = None) -> list[TableVersion]:
     for client in clients_all(client_id=client_id):
         manifest_publish(client_id=client.pk)
     return versions
+
+
+def visitor_explain(*, campaign_id: int, visitor_id: str) -> dict:
+    """Why a visitor gets what they get in a campaign (B1): the serving version and what its
+    table holds for them, and each attachment in priority order with whether the visitor's
+    profile is in its segment now (the next build's answer, if anything changed since)."""
+    campaign = campaign_get(campaign_id=campaign_id)
+    canonical = canonical_of(client_id=campaign.client_id, visitor_id=visitor_id)
+    serving = TableVersion.objects.filter(
+        campaign=campaign, status=TableVersion.Status.PUBLISHED
+    ).first()
+    table = table_read(campaign_id=campaign.pk, version=serving.number) if serving else None
+    default = _content(campaign.default_content)
+    content_id = table["visitors"].get(visitor_id) if table is not None else None
+    served = default
+    if table is not None and content_id is not None:
+        answer = table["contents"].get(str(content_id))
+        served = {"id": answer["id"], "name": answer["name"]} if answer else None
+    now = timezone.now()
+    attachments: list[dict] = []
+    winner: dict | None = None
+    for attachment in attachments_for_campaign(campaign_id=campaign.pk):
+        condition = rule_condition(
+            rule=attachment.segment.rule, client_id=campaign.client_id, now=now
+        )
+        matches = (
+            profiles_matching(client_id=campaign.client_id, condition=condition)
+            .filter(visitor_id=canonical)
+            .exists()
+        )
+        entry = {
+            "priority": attachment.priority,
+            "segment": attachment.segment.name,
+            "content": _content(attachment.content),
+            "matches_now": matches,
+        }
+        attachments.append(entry)
+        if matches and winner is None:
+            winner = entry
+    next_content = winner["content"] if winner else default
+    return {
+        "campaign": {"id": campaign.pk, "key": campaign.key, "name": campaign.name},
+        "visitor": visitor_id,
+        "profile_of": canonical,
+        "version": (
+            {"number": serving.number, "published_at": serving.published_at} if serving else None
+        ),
+        "served": served,
+        "served_by": "table" if content_id is not None else "default",
+        "attachments": attachments,
+        "winner_now": winner,
+        "is_current": _id(next_content) == _id(served),
+    }
+
+
+def _content(content) -> dict | None:
+    return {"id": content.pk, "name": content.name} if content is not None else None
+
+
+def _id(content: dict | None) -> int | None:
+    return content["id"] if content is not None else None

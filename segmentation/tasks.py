@@ -13,6 +13,7 @@ def build_tables(client_id: int | None = None) -> list[dict]:
 
 
 @shared_task(name="segmentation.build_table")
-def build_table(campaign_id: int) -> dict:
-    version = table_build(campaign_id=campaign_id)
+def build_table(campaign_id: int, publish: bool = True) -> dict:
+    """Build one campaign's table; publish it, or keep it as a preview to publish by hand."""
+    version = table_build(campaign_id=campaign_id, publish=publish)
     return {"campaign": campaign_id, "version": version.number, "status": version.status}

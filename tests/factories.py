@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 import factory
 from django.contrib.auth import get_user_model
 
-from aggregation.models import Event, ImportJob, ImportMapping, Profile
+from aggregation.models import Event, ImportJob, ImportMapping, Profile, VisitorLink
 from campaigns.models import Attachment, Campaign, Content, Placement
 from coremetrics.models import Client, Membership, Site
 from delivery.identity import visitor_id_issue
@@ -150,3 +150,13 @@ class ImportJobFactory(factory.django.DjangoModelFactory):
     client = factory.SelfAttribute("mapping.client")
     file_name = factory.Sequence(lambda n: f"customers-{n}.csv")
     path = "/nonexistent"
+
+
+class VisitorLinkFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = VisitorLink
+
+    client = factory.SubFactory(ClientFactory)
+    visitor_id = factory.Sequence(lambda n: f"linked-{n}")
+    canonical_id = factory.Sequence(lambda n: f"canonical-{n}")
+    email = factory.Sequence(lambda n: f"shopper{n}@example.com")

@@ -1,0 +1,32 @@
+"""The segmentation API (/api/v1): why a visitor gets what they get (B1)."""
+
+from rest_framework import serializers
+from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from campaigns.models import Campaign
+from coremetrics.tenancy import client_of
+from segmentation.services import visitor_explain
+
+
+class ExplainQuery(serializers.Serializer):
+    visitor = serializers.CharField(max_length=64)
+
+
+class CampaignExplainView(APIView):
+    """GET /api/v1/campaigns/<id>/explain?visitor=<visitor id>"""
+
+    def get(self, request: Request, campaign_id: int) -> Response:
+        campaigns = Campaign.objects.all()
+        if not request.user.is_superuser:
+            client = client_of(request)
+            campaigns = campaigns.filter(client=client) if client else campaigns.none()
+        if not campaigns.filter(pk=campaign_id).exists():
+            raise NotFound("no such campaign")
+        query = ExplainQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        return Response(
+            visitor_explain(campaign_id=campaign_id, visitor_id=query.validated_data["visitor"])
+        )
