@@ -15,6 +15,13 @@ def visitor_links(*, client_id: int) -> dict[str, str]:
     )
 
 
+def canonical_of(*, client_id: int, visitor_id: str) -> str:
+    """The visitor whose profile holds this visitor's events: the one it is joined to, or
+    itself (B5)."""
+    link = VisitorLink.objects.filter(client_id=client_id, visitor_id=visitor_id).first()
+    return link.canonical_id if link is not None else visitor_id
+
+
 def categories_seen(*, client_id: int, limit: int = 200) -> list[str]:
     """The categories of the client's product and category views, for pickers: the names
     the most recently seen profiles carry (their per-category view counts)."""
