@@ -112,6 +112,7 @@ VERSION_FIELDS: list[str] = [
     "moves",
     "per_content",
     "per_segment",
+    "conflicts",
     "started_at",
     "finished_at",
     "duration",
@@ -206,6 +207,16 @@ class TableVersionAdmin(ReadOnlyTenantAdmin):
             "",
             "<p>{} visitors move from {} to {}</p>",
             ((f"{move['visitors']:,}", move["from"], move["to"]) for move in version.diff),
+        )
+
+    @admin.display(description="Visitors in several segments: who wins")
+    def conflicts(self, version):
+        if not version.overlaps:
+            return "No visitor is in more than one attached segment."
+        return format_html_join(
+            "",
+            "<p>{} visitors are in both; <strong>{}</strong> wins over {}</p>",
+            ((f"{row['visitors']:,}", row["winner"], row["other"]) for row in version.overlaps),
         )
 
     @admin.display(description="Visitors per content")

@@ -45,6 +45,12 @@ class TableVersion(models.Model):
     segment_seconds = models.JSONField(
         default=dict, blank=True, help_text="Seconds each segment's evaluation took."
     )
+    overlaps = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Visitors in several attached segments: [{winner, other, visitors}], the "
+        "winner being the attachment of lower priority number.",
+    )
     diff = models.JSONField(
         default=list,
         blank=True,

@@ -66,6 +66,9 @@ class TableContent:
     visitors: dict[str, int]
     segment_counts: dict[str, int]
     segment_seconds: dict[str, float] = field(default_factory=dict)
+    # Visitors in two attachments' segments: (winner's attachment, the other's) -> how many.
+    overlaps: Counter[tuple[int, int]] = field(default_factory=Counter)
+    overlap_rows: list[dict] = field(default_factory=list)
 
     @property
     def checksum(self) -> str:
@@ -79,7 +82,10 @@ def _table_compute(campaign) -> TableContent:
     now = timezone.now()
     if campaign.default_content is not None:
         table.contents[campaign.default_content.pk] = content_answer(campaign.default_content)
-    for attachment in attachments_for_campaign(campaign_id=campaign.pk):
+    attachments = attachments_for_campaign(campaign_id=campaign.pk)
+    # visitor -> index of the attachment that gives them their content (the first that matched)
+    winners: dict[str, int] = {}
+    for index, attachment in enumerate(attachments):
         started = time.perf_counter()
         try:
             condition = rule_condition(
@@ -93,15 +99,31 @@ def _table_compute(campaign) -> TableContent:
         matched = 0
         for visitor_id in visitor_ids.iterator(chunk_size=5000):
             matched += 1
-            table.visitors.setdefault(visitor_id, attachment.content_id)
+            winner = winners.setdefault(visitor_id, index)
+            if winner == index:
+                table.visitors[visitor_id] = attachment.content_id
+            else:
+                table.overlaps[(winner, index)] += 1
         table.segment_counts[attachment.segment.name] = matched
         table.segment_seconds[attachment.segment.name] = round(time.perf_counter() - started, 3)
         table.contents[attachment.content_id] = content_answer(attachment.content)
+    table.overlap_rows = [
+        {
+            "winner": _attachment_label(attachments[winner]),
+            "other": _attachment_label(attachments[other]),
+            "visitors": count,
+        }
+        for (winner, other), count in sorted(table.overlaps.items())
+    ]
     # A visitor joined to another's profile (same email) gets what that profile gets.
     for alias, canonical in visitor_links(client_id=campaign.client_id).items():
         if canonical in table.visitors:
             table.visitors[alias] = table.visitors[canonical]
     return table
+
+
+def _attachment_label(attachment) -> str:
+    return f"{attachment.segment.name} → {attachment.content.name} (priority {attachment.priority})"
 
 
 def table_build(*, campaign_id: int, publish: bool = True) -> TableVersion:
@@ -170,6 +192,7 @@ def _describe(version: TableVersion, table: TableContent, *, campaign, serving) 
     version.visitor_count = len(table.visitors)
     version.segment_counts = table.segment_counts
     version.segment_seconds = table.segment_seconds
+    version.overlaps = table.overlap_rows
     version.content_counts = {
         names[ident]: count for ident, count in Counter(table.visitors.values()).items()
     }

@@ -185,3 +185,27 @@ def test_explain_needs_a_visitor(client, campaign, superuser):
         400,
         {"visitor": ["This field is required."]},
     )
+
+
+def test_the_build_counts_visitors_in_several_segments_and_names_the_winner(client, campaign):
+    for _ in range(2):
+        ProfileFactory(client=campaign.client, visits=3, purchases=1)  # in both segments
+    ProfileFactory(client=campaign.client, visits=3, purchases=0)  # returning only
+    buyers, returning = (a.segment.name for a in campaign.attachments.order_by("priority"))
+
+    version = table_build(campaign_id=campaign.pk)
+    client.force_login(MembershipFactory(client=campaign.client, role="viewer").user)
+    page = client.get(reverse("admin:segmentation_tableversion_change", args=[version.pk]))
+
+    assert version.overlaps == [
+        {
+            "winner": f"{buyers} → buyer (priority 1)",
+            "other": f"{returning} → back (priority 2)",
+            "visitors": 2,
+        }
+    ]
+    assert version.content_counts == {"buyer": 2, "back": 1}
+    assert (
+        f"2 visitors are in both; <strong>{buyers} → buyer (priority 1)</strong> wins over "
+        f"{returning} → back (priority 2)" in page.content.decode()
+    )
