@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -5,6 +7,7 @@ from django.db import transaction
 from django.http import FileResponse, Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from aggregation.imports import mapping_validate
@@ -16,9 +19,11 @@ from aggregation.models import (
     Profile,
     VisitorLink,
 )
+from aggregation.selectors import activity_summary
 from aggregation.services import dead_letter_path, dead_letters, quarantine_requeue
 from aggregation.services.imports import error_report_path, import_job_create
 from aggregation.services.profiles import identities_separate
+from coremetrics.models import Client
 from coremetrics.tenancy import (
     ReadOnlyTenantAdmin,
     TenantAdmin,
@@ -53,6 +58,45 @@ class ProfileAdmin(ReadOnlyTenantAdmin):
     list_filter = ["source"]
     search_fields = ["visitor_id", "email"]
     readonly_fields = [field.name for field in Profile._meta.fields]
+    change_list_template = "admin/aggregation/profile/change_list.html"
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("activity/", view(self.activity), name="aggregation-activity"),
+            *super().get_urls(),
+        ]
+
+    def activity(self, request):
+        """Review activity by criteria over any period (S1), before building a segment."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        # A member's page opens on the last 30 days; a superuser first chooses a client.
+        data = None
+        if request.GET or not request.user.is_superuser:
+            data = request.GET.copy()
+            today = timezone.now().date()
+            data.setdefault("last", today.isoformat())
+            data.setdefault("first", (today - timedelta(days=29)).isoformat())
+        form = ActivityForm(data, is_superuser=request.user.is_superuser)
+        client = client_of(request)
+        summary = None
+        if form.is_bound and form.is_valid():
+            if request.user.is_superuser:
+                client = form.cleaned_data["client"]
+            if client is None:
+                raise PermissionDenied
+            first, last = form.period()
+            summary = activity_summary(client_id=client.pk, first=first, last=last)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Activity of {client}" if client else "Activity",
+            "opts": self.model._meta,
+            "form": form,
+            "summary": summary,
+            "charts": _charts(summary) if summary else [],
+        }
+        return TemplateResponse(request, "admin/aggregation/activity.html", context)
 
 
 @admin.register(ConsolidationRun)
@@ -265,3 +309,70 @@ class VisitorLinkAdmin(ReadOnlyTenantAdmin):
         # Read-only for rows, but separating is an editor's action.
         actions = super().get_actions(request)
         return actions if is_editor(request) else {}
+
+
+ACTIVITY_MAX_DAYS = 366
+
+
+class ActivityForm(forms.Form):
+    client = forms.ModelChoiceField(queryset=Client.objects.order_by("name"), required=False)
+    first = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    last = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, data=None, *, is_superuser: bool):
+        super().__init__(data)
+        self.is_superuser = is_superuser
+        if not is_superuser:
+            del self.fields["client"]
+
+    def clean(self):
+        cleaned = super().clean() or {}
+        if self.is_superuser and not cleaned.get("client"):
+            raise forms.ValidationError("Choose a client.")
+        first, last = self.period() if not self.errors else (None, None)
+        if first and last and first > last:
+            raise forms.ValidationError("The first day is after the last.")
+        if first and last and (last - first).days >= ACTIVITY_MAX_DAYS:
+            raise forms.ValidationError(f"At most {ACTIVITY_MAX_DAYS} days at a time.")
+        return cleaned
+
+    def period(self):
+        """The chosen days; without a first day, the 30 days up to the last (or today)."""
+        last = self.cleaned_data.get("last") or timezone.now().date()
+        first = self.cleaned_data.get("first") or last - timedelta(days=29)
+        return first, last
+
+
+def _charts(summary: dict) -> list[dict]:
+    """Bar charts of the summary: each bar as a share of its chart's largest (the daily
+    series gets its bars' heights the same way)."""
+    busiest = max((day["visitors"] for day in summary["daily"]), default=0) or 1
+    for day in summary["daily"]:
+        day["height"] = round(100 * day["visitors"] / busiest)
+    charts = []
+    for key, title in [
+        ("purchasers", "Purchasers and non-purchasers"),
+        ("orders", "Visitors by number of purchases"),
+        ("spent", "Visitors by dollars spent"),
+        ("visits", "Visitors by number of visits"),
+        ("sources", "How visitors came (first visit)"),
+    ]:
+        rows = summary[key]
+        top = max((count for _, count in rows), default=0) or 1
+        total = sum(count for _, count in rows) or 1
+        charts.append(
+            {
+                "key": key,
+                "title": title,
+                "bars": [
+                    {
+                        "label": label,
+                        "count": count,
+                        "width": round(100 * count / top),
+                        "share": round(100 * count / total),
+                    }
+                    for label, count in rows
+                ],
+            }
+        )
+    return charts

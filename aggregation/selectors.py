@@ -1,6 +1,12 @@
-from django.db.models import Q, QuerySet
+from collections import Counter
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 
-from aggregation.models import Profile, VisitorLink
+from django.db import connection
+from django.db.models import Count, Q, QuerySet
+from django.db.models.functions import TruncDate
+
+from aggregation.models import Event, Profile, VisitorLink
 
 
 def profiles_matching(*, client_id: int, condition: Q) -> QuerySet[Profile]:
@@ -32,3 +38,120 @@ def categories_seen(*, client_id: int, limit: int = 200) -> list[str]:
         if len(names) >= limit:
             break
     return sorted(names)[:limit]
+
+
+# Buckets of the activity review (S1): (label, lowest value included), ascending.
+ORDER_BUCKETS = [("none", 0), ("1", 1), ("2", 2), ("3 or more", 3)]
+SPENT_BUCKETS = [("nothing", 0), ("under $50", 0.01), ("$50-$99", 50), ("$100-$249", 100),
+                 ("$250 or more", 250)]  # fmt: skip
+VISIT_BUCKETS = [("1", 1), ("2", 2), ("3-5", 3), ("6 or more", 6)]
+
+# Per visitor active in the period: orders (an order id counts once, at its highest value),
+# dollars spent, visits (sessions; an event without one is a visit of its own).
+_VISITORS_SQL = """
+SELECT activity.visitor_id, coalesce(bought.orders, 0), coalesce(bought.spent, 0),
+    activity.visits
+FROM (
+    SELECT visitor_id,
+        count(DISTINCT CASE WHEN session_id = '' THEN '#' || event_id ELSE session_id END)
+            AS visits
+    FROM aggregation_event
+    WHERE client_id = %s AND occurred_at >= %s AND occurred_at < %s AND type <> 'delivery'
+    GROUP BY visitor_id
+) AS activity LEFT JOIN (
+    SELECT visitor_id, count(*) AS orders, sum(value) AS spent
+    FROM (
+        SELECT visitor_id, max(coalesce(value, 0)) AS value
+        FROM aggregation_event
+        WHERE client_id = %s AND occurred_at >= %s AND occurred_at < %s AND type = 'purchase'
+        GROUP BY visitor_id, CASE WHEN order_id = '' THEN '#' || event_id ELSE order_id END
+    ) AS orders
+    GROUP BY visitor_id
+) AS bought ON bought.visitor_id = activity.visitor_id
+"""
+
+
+def activity_summary(*, client_id: int, first: date, last: date) -> dict:
+    """What the client's visitors did from `first` to `last` (whole UTC days, both included):
+    totals, purchasers against non-purchasers, visitors by number of orders, by dollars spent
+    and by visits, how they came, and a day-by-day series (S1).
+
+    Memory: one row per active visitor is read and bucketed, about 100 bytes each.
+    """
+    start = datetime.combine(first, time(), tzinfo=UTC)
+    end = datetime.combine(last + timedelta(days=1), time(), tzinfo=UTC)
+    adapt = connection.ops.adapt_datetimefield_value
+    window = [client_id, adapt(start), adapt(end)]
+    orders: Counter[str] = Counter()
+    spent: Counter[str] = Counter()
+    visits: Counter[str] = Counter()
+    visitors = purchasers = order_count = visit_count = 0
+    revenue = Decimal("0")
+    with connection.cursor() as cursor:
+        cursor.execute(_VISITORS_SQL, window * 2)
+        for _, visitor_orders, visitor_spent, visitor_visits in cursor:
+            visitor_spent = Decimal(visitor_spent)
+            visitors += 1
+            purchasers += visitor_orders > 0
+            order_count += visitor_orders
+            revenue += visitor_spent
+            visit_count += visitor_visits
+            orders[_bucket(ORDER_BUCKETS, visitor_orders)] += 1
+            spent[_bucket(SPENT_BUCKETS, visitor_spent)] += 1
+            visits[_bucket(VISIT_BUCKETS, visitor_visits)] += 1
+    events = Event.objects.filter(
+        client_id=client_id, occurred_at__gte=start, occurred_at__lt=end
+    ).exclude(type=Event.Type.DELIVERY)
+    sources = Counter(
+        dict(
+            Profile.objects.filter(client_id=client_id, visitor_id__in=events.values("visitor_id"))
+            .values_list("source")
+            .annotate(count=Count("id"))
+            .values_list("source", "count")
+        )
+    )
+    daily = {
+        row["day"]: row
+        for row in events.annotate(day=TruncDate("occurred_at", tzinfo=UTC))
+        .values("day")
+        .annotate(
+            page_views=Count("id", filter=Q(type=Event.Type.PAGE_VIEW)),
+            purchases=Count("id", filter=Q(type=Event.Type.PURCHASE)),
+            visitors=Count("visitor_id", distinct=True),
+        )
+    }
+    days = [first + timedelta(days=offset) for offset in range((last - first).days + 1)]
+    nothing: dict = {}
+    return {
+        "first": first,
+        "last": last,
+        "totals": {
+            "visitors": visitors,
+            "purchasers": purchasers,
+            "orders": order_count,
+            "revenue": revenue,
+            "visits": visit_count,
+        },
+        "purchasers": [("purchasers", purchasers), ("non-purchasers", visitors - purchasers)],
+        "orders": [(label, orders[label]) for label, _ in ORDER_BUCKETS],
+        "spent": [(label, spent[label]) for label, _ in SPENT_BUCKETS],
+        "visits": [(label, visits[label]) for label, _ in VISIT_BUCKETS],
+        "sources": [(label, sources[key]) for key, label in Profile.Source.choices],
+        "daily": [
+            {
+                "day": day,
+                "visitors": daily.get(day, nothing).get("visitors", 0),
+                "page_views": daily.get(day, nothing).get("page_views", 0),
+                "purchases": daily.get(day, nothing).get("purchases", 0),
+            }
+            for day in days
+        ],
+    }
+
+
+def _bucket(buckets: list, value) -> str:
+    label = buckets[0][0]
+    for name, lowest in buckets:
+        if value >= lowest:
+            label = name
+    return label
