@@ -18,6 +18,7 @@ from aggregation.models import (
     ImportMapping,
     Profile,
     VisitorLink,
+    VisitorSeparation,
 )
 from aggregation.selectors import activity_summary
 from aggregation.services import dead_letter_path, dead_letters, quarantine_requeue
@@ -309,6 +310,24 @@ class VisitorLinkAdmin(ReadOnlyTenantAdmin):
         # Read-only for rows, but separating is an editor's action.
         actions = super().get_actions(request)
         return actions if is_editor(request) else {}
+
+
+@admin.register(VisitorSeparation)
+class VisitorSeparationAdmin(TenantAdmin):
+    """Joins undone by hand; deleting one lets that visitor join under the email again."""
+
+    list_display = ["visitor_id", "email", "separated_at", "client"]
+    search_fields = ["visitor_id", "email"]
+    readonly_fields = ["client", "visitor_id", "email", "separated_at"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return self.has_view_permission(request, obj) and is_editor(request)
 
 
 ACTIVITY_MAX_DAYS = 366

@@ -221,3 +221,23 @@ class VisitorLink(models.Model):
 
     def __str__(self) -> str:
         return f"{self.visitor_id} → {self.canonical_id}"
+
+
+class VisitorSeparation(models.Model):
+    """A join a marketer undid (B5): this visitor is never joined again under this email."""
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="visitor_separations")
+    visitor_id = models.CharField(max_length=64)
+    email = models.EmailField(max_length=254)
+    separated_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-separated_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["client", "visitor_id", "email"], name="visitorseparation_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.visitor_id} kept apart from {self.email}"

@@ -4,7 +4,14 @@ from datetime import UTC, datetime
 import factory
 from django.contrib.auth import get_user_model
 
-from aggregation.models import Event, ImportJob, ImportMapping, Profile, VisitorLink
+from aggregation.models import (
+    Event,
+    ImportJob,
+    ImportMapping,
+    Profile,
+    VisitorLink,
+    VisitorSeparation,
+)
 from campaigns.models import Attachment, Campaign, Content, Placement
 from coremetrics.models import Client, Membership, Site
 from delivery.identity import visitor_id_issue
@@ -160,3 +167,12 @@ class VisitorLinkFactory(factory.django.DjangoModelFactory):
     visitor_id = factory.Sequence(lambda n: f"linked-{n}")
     canonical_id = factory.Sequence(lambda n: f"canonical-{n}")
     email = factory.Sequence(lambda n: f"shopper{n}@example.com")
+
+
+class VisitorSeparationFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = VisitorSeparation
+
+    client = factory.SubFactory(ClientFactory)
+    visitor_id = factory.Sequence(lambda n: f"separated-{n}")
+    email = factory.Sequence(lambda n: f"shared{n}@example.com")

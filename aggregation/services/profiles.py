@@ -15,7 +15,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 from psycopg2.extras import Json, execute_values
 
-from aggregation.models import Event, Profile, VisitorLink
+from aggregation.models import Event, Profile, VisitorLink, VisitorSeparation
 from aggregation.profiles import EventRow, ProfileTotals, profile_finish, profile_totals
 from delivery.services import VisitorSeen, visitors_upsert
 
@@ -80,6 +80,11 @@ def identities_stitch(*, client_id: int, emails: dict[str, str]) -> set[str]:
     )
     for email, visitor_id in known:
         by_email[email].add(visitor_id)
+    # Joins a marketer undid stay undone: those visitors never join under that email again.
+    for visitor_id, email in VisitorSeparation.objects.filter(
+        client_id=client_id, email__in=list(by_email)
+    ).values_list("visitor_id", "email"):
+        by_email[email].discard(visitor_id)
     joined: set[str] = set()
     for email, visitor_ids in by_email.items():
         links = dict(
@@ -122,8 +127,8 @@ def identities_stitch(*, client_id: int, emails: dict[str, str]) -> set[str]:
 def identities_separate(*, links: list[VisitorLink]) -> int:
     """Undo joins: each visitor gets its own profile again, the canonical one is recomputed.
 
-    A separated visitor could be joined again by a later event with the same email; the link
-    is what a marketer removes when the join was wrong (a shared or mistyped address).
+    The link is what a marketer removes when the join was wrong (a shared or mistyped address);
+    the separated visitor is then never joined under that address again (VisitorSeparation).
     """
     separated = 0
     for client_id in sorted({link.client_id for link in links}):
@@ -131,6 +136,15 @@ def identities_separate(*, links: list[VisitorLink]) -> int:
         with transaction.atomic():
             _identities_lock(client_id, exclusive=True)
             VisitorLink.objects.filter(pk__in=[link.pk for link in own]).delete()
+            VisitorSeparation.objects.bulk_create(
+                [
+                    VisitorSeparation(
+                        client_id=client_id, visitor_id=link.visitor_id, email=link.email.lower()
+                    )
+                    for link in own
+                ],
+                ignore_conflicts=True,
+            )
             touched = {link.visitor_id for link in own} | {link.canonical_id for link in own}
             profiles_rebuild(client_id=client_id, visitor_ids=touched)
         separated += len(own)

@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 
 from aggregation.imports import visitor_id_for
-from aggregation.models import ImportMapping, Profile, VisitorLink
+from aggregation.models import ImportMapping, Profile, VisitorLink, VisitorSeparation
 from aggregation.records import record_new
 from aggregation.services import spool_consolidate
 from aggregation.services.imports import import_job_create, import_job_run
@@ -136,3 +136,13 @@ def test_a_marketer_separates_a_wrong_join_in_the_console(client, client_a, mark
         first: Decimal("5.00"),
         second: Decimal("7.00"),
     }
+    # The same address again later: the separated visitor stays apart.
+    _load([_event(client_a.pk, second, "purchase", 4, order_id="3", value="1.00", email="S@x.io")])
+    assert VisitorLink.objects.count() == 0
+    assert dict(Profile.objects.values_list("visitor_id", "total_spent")) == {
+        first: Decimal("5.00"),
+        second: Decimal("8.00"),
+    }
+    assert list(VisitorSeparation.objects.values_list("visitor_id", "email")) == [
+        (second, "s@x.io")
+    ]

@@ -9,7 +9,15 @@ from django.contrib.messages import get_messages
 from django.db import models
 from django.urls import reverse
 
-from aggregation.models import ConsolidationRun, Event, ImportJob, ImportMapping, Profile
+from aggregation.models import (
+    ConsolidationRun,
+    Event,
+    ImportJob,
+    ImportMapping,
+    Profile,
+    VisitorLink,
+    VisitorSeparation,
+)
 from campaigns.models import Attachment, Campaign, Content, Placement
 from coremetrics.models import Client
 from delivery.models import Visitor
@@ -26,6 +34,8 @@ from tests.factories import (
     ProfileFactory,
     SegmentFactory,
     VisitorFactory,
+    VisitorLinkFactory,
+    VisitorSeparationFactory,
 )
 
 pytestmark = pytest.mark.django_db
@@ -62,6 +72,9 @@ class Kind:
     make: Any
     change_data: Any = None
     changed: dict | None = None
+    # Read-only rows an editor may still delete, or act on with an action of the admin.
+    is_deletable: bool = False
+    has_actions: bool = False
 
     @property
     def is_read_only(self) -> bool:
@@ -151,6 +164,16 @@ KINDS = {
             "columns": json.dumps({"email": "mail"}),
         },
         {"name": "renamed mapping", "format": "jsonl", "columns": {"email": "mail"}},
+    ),
+    "visitorlink": Kind(
+        VisitorLink,
+        lambda client, tag: VisitorLinkFactory(client=client, visitor_id=f"{tag}-linked"),
+        has_actions=True,
+    ),
+    "visitorseparation": Kind(
+        VisitorSeparation,
+        lambda client, tag: VisitorSeparationFactory(client=client, visitor_id=f"{tag}-apart"),
+        is_deletable=True,
     ),
     "importjob": Kind(
         ImportJob,
@@ -275,7 +298,7 @@ def test_marketer_cannot_delete_other_clients_row(client, client_a, client_b, ma
 
     response = client.post(kind.url("delete", foreign.pk), {"post": "yes"})
 
-    if kind.is_read_only:
+    if kind.is_read_only and not kind.is_deletable:
         assert response.status_code == 403
     else:
         assert response.status_code == 302
@@ -299,7 +322,7 @@ def test_marketer_bulk_delete_action_skips_other_clients_rows(
 
     response = client.post(kind.url("changelist"), data)
 
-    if kind.is_read_only:
+    if kind.is_read_only and not (kind.is_deletable or kind.has_actions):
         # No delete permission, so no actions: the POST just renders the list.
         assert response.status_code == 200
         assert result_pks(response) == set()
@@ -532,7 +555,14 @@ def test_marketer_index_lists_only_tenant_apps(client, marketer):
         app["app_label"]: sorted(model["object_name"] for model in app["models"])
         for app in response.context["app_list"]
     } == {
-        "aggregation": ["Event", "ImportJob", "ImportMapping", "Profile", "VisitorLink"],
+        "aggregation": [
+            "Event",
+            "ImportJob",
+            "ImportMapping",
+            "Profile",
+            "VisitorLink",
+            "VisitorSeparation",
+        ],
         "campaigns": ["Attachment", "Campaign", "Content", "Placement"],
         "coremetrics": ["Client"],
         "delivery": ["Visitor"],
