@@ -5,7 +5,7 @@ RUFF  := $(VENV)/bin/ruff
 ARGS  ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt services-up services-down clean venv bench-ingest
+.PHONY: help run test lint fmt services-up services-down clean venv bench-ingest bench-tables
 
 help:
 	@echo "make run            run the app (scripts/run.sh)"
@@ -16,6 +16,7 @@ help:
 	@echo "make services-up    start throwaway PostgreSQL + Redis (env: var/test-services/env)"
 	@echo "make services-down  stop them and remove var/test-services"
 	@echo "make bench-ingest   1,000,000 events through collect and consolidation (docs/performance.md)"
+	@echo "make bench-tables   lookup tables of 3 campaigns over 1,000,000 profiles, built and published"
 	@echo "make clean          remove var/ and .venv"
 
 venv:
@@ -47,3 +48,7 @@ clean: services-down
 bench-ingest: venv
 	bash scripts/services.sh start
 	set -a && . var/test-services/env && set +a && $(VENV)/bin/python bench/ingest.py
+
+bench-tables: venv
+	bash scripts/services.sh start
+	set -a && . var/test-services/env && set +a && $(VENV)/bin/python bench/tables.py

@@ -1,4 +1,4 @@
-from datetime import timedelta
+from datetime import date, timedelta
 
 from django import forms
 from django.contrib import admin, messages
@@ -351,6 +351,8 @@ class ActivityForm(forms.Form):
         first, last = self.period() if not self.errors else (None, None)
         if first and last and first > last:
             raise forms.ValidationError("The first day is after the last.")
+        if first and last and not (date(2000, 1, 1) <= first and last <= date(2099, 12, 31)):
+            raise forms.ValidationError("Days from 2000 to 2099 only.")
         if first and last and (last - first).days >= ACTIVITY_MAX_DAYS:
             raise forms.ValidationError(f"At most {ACTIVITY_MAX_DAYS} days at a time.")
         return cleaned

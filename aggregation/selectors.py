@@ -42,8 +42,8 @@ def categories_seen(*, client_id: int, limit: int = 200) -> list[str]:
 
 # Buckets of the activity review (S1): (label, lowest value included), ascending.
 ORDER_BUCKETS = [("none", 0), ("1", 1), ("2", 2), ("3 or more", 3)]
-SPENT_BUCKETS = [("nothing", 0), ("under $50", 0.01), ("$50-$99", 50), ("$100-$249", 100),
-                 ("$250 or more", 250)]  # fmt: skip
+SPENT_BUCKETS = [("nothing", Decimal(0)), ("under $50", Decimal("0.01")), ("$50-$99", Decimal(50)),
+                 ("$100-$249", Decimal(100)), ("$250 or more", Decimal(250))]  # fmt: skip
 VISIT_BUCKETS = [("1", 1), ("2", 2), ("3-5", 3), ("6 or more", 6)]
 
 # Per visitor active in the period: orders (an order id counts once, at its highest value),
@@ -90,7 +90,7 @@ def activity_summary(*, client_id: int, first: date, last: date) -> dict:
     with connection.cursor() as cursor:
         cursor.execute(_VISITORS_SQL, window * 2)
         for _, visitor_orders, visitor_spent, visitor_visits in cursor:
-            visitor_spent = Decimal(visitor_spent)
+            visitor_spent = Decimal(str(visitor_spent))  # a float on SQLite
             visitors += 1
             purchasers += visitor_orders > 0
             order_count += visitor_orders

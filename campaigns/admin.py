@@ -1,12 +1,22 @@
+from datetime import date
 from functools import partial
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
+from django.utils import timezone
 
-from campaigns.models import Attachment, Campaign, Content, Placement
+from campaigns.models import Attachment, Campaign, Content, Experiment, ExperimentGroup, Placement
+from campaigns.services import (
+    ExperimentError,
+    experiment_end,
+    experiment_reallocate,
+    experiment_results,
+    experiment_start,
+)
 from coremetrics.tenancy import TenantAdmin, TenantInline
 from segmentation.services import visitor_explain
 
@@ -105,3 +115,125 @@ class AttachmentAdmin(TenantAdmin):
     rebuilds_tables = True
     list_display = ["campaign", "priority", "segment", "content", "client"]
     list_filter = ["campaign"]
+
+
+class ExperimentGroupInline(TenantInline):
+    model = ExperimentGroup
+    fields = ["key", "name", "is_control", "share", "shows", "content"]
+    extra = 0
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(TenantAdmin):
+    """A/B tests (C1): groups and shares, start, results, end with a winner."""
+
+    rebuilds_tables = True
+    list_display = ["name", "attachment", "status", "holdout_share", "started_at", "client"]
+    list_filter = ["status"]
+    search_fields = ["name"]
+    fields = ["name", "attachment", "holdout_share", "minimum_days", "status", "started_at",
+              "ended_at", "winner", "salt"]  # fmt: skip
+    readonly_fields = ["status", "started_at", "ended_at", "winner", "salt"]
+    inlines = [ExperimentGroupInline]
+    actions = ["start"]
+    change_form_template = "admin/campaigns/experiment/change_form.html"
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path(
+                "<int:experiment_id>/results/",
+                view(self.results),
+                name="campaigns-experiment-results",
+            ),
+            path("<int:experiment_id>/end/", view(self.end), name="campaigns-experiment-end"),
+            *super().get_urls(),
+        ]
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        experiment = form.instance
+        if experiment.status == Experiment.Status.RUNNING:
+            try:
+                moved = experiment_reallocate(experiment=experiment)
+            except ExperimentError as error:
+                self.message_user(request, f"Shares not applied: {error}.", messages.ERROR)
+            else:
+                self.message_user(request, f"{moved} of 10,000 buckets changed group.")
+
+    @admin.action(description="Start the selected tests", permissions=["change"])
+    def start(self, request, queryset):
+        for experiment in queryset:
+            try:
+                experiment_start(experiment=experiment)
+            except ExperimentError as error:
+                self.message_user(request, f"{experiment} not started: {error}.", messages.ERROR)
+            else:
+                self.message_user(request, f"{experiment} runs from the next table build.")
+        self._tables_rebuild({experiment.client_id for experiment in queryset})
+
+    def results(self, request, experiment_id):
+        experiment = self.get_object(request, str(experiment_id))
+        if experiment is None:
+            raise PermissionDenied
+        today = timezone.now().date()
+        started = experiment.started_at.date() if experiment.started_at else today
+        first = _date(request.GET.get("first")) or started
+        last = _date(request.GET.get("last")) or today
+        results = (
+            experiment_results(experiment=experiment, first=first, last=last)
+            if first <= last
+            else None
+        )
+        for row in results["groups"] if results else []:
+            rate = row["conversion_rate"]
+            row["conversion_percent"] = None if rate is None else 100 * rate
+            row["conversion_lift"] = _lift_text(row["conversion"])
+            row["revenue_lift_text"] = _lift_text(row["revenue_lift"])
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Results of {experiment}",
+            "opts": self.model._meta,
+            "original": experiment,
+            "results": results,
+            "can_end": experiment.status == Experiment.Status.RUNNING
+            and self.has_change_permission(request, experiment),
+        }
+        return TemplateResponse(request, "admin/campaigns/experiment/results.html", context)
+
+    def end(self, request, experiment_id):
+        experiment = self.get_object(request, str(experiment_id))
+        if (
+            request.method != "POST"
+            or experiment is None
+            or not self.has_change_permission(request, experiment)
+        ):
+            raise PermissionDenied
+        winner = experiment.groups.filter(key=request.POST.get("winner", "")).first()
+        try:
+            if winner is None:
+                raise ExperimentError("choose the winning group")
+            experiment_end(experiment=experiment, winner=winner)
+        except ExperimentError as error:
+            self.message_user(request, f"Not ended: {error}.", messages.ERROR)
+        else:
+            self.message_user(
+                request, f"{winner.name} won: the segment sees it from the next table build."
+            )
+            self._tables_rebuild({experiment.client_id})
+        return HttpResponseRedirect(
+            reverse("admin:campaigns-experiment-results", args=[experiment.pk])
+        )
+
+
+def _lift_text(comparison) -> str:
+    if comparison is None or comparison.lift is None:
+        return "-"
+    return f"{comparison.lift:+.1%} ({comparison.lift_low:+.1%} to {comparison.lift_high:+.1%})"
+
+
+def _date(value: str | None) -> date | None:
+    try:
+        return date.fromisoformat(value) if value else None
+    except ValueError:
+        return None

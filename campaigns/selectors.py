@@ -18,6 +18,14 @@ def content_answer(content: Content | None) -> dict | None:
     }
 
 
+def contents_answers(*, content_ids: list[int]) -> dict[int, dict | None]:
+    """Content id -> the content as delivery answers it."""
+    return {
+        content.pk: content_answer(content)
+        for content in Content.objects.filter(pk__in=content_ids)
+    }
+
+
 def campaign_get(*, campaign_id: int) -> Campaign:
     """One campaign with what a table build needs joined in."""
     return Campaign.objects.select_related("client", "placement", "default_content").get(

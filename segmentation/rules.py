@@ -93,6 +93,7 @@ BEHAVIOURS: dict[str, str] = {
 BEHAVIOUR_FILTERS = ("category", "product_id")
 COUNT_SQL = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 MAX_WINDOW_DAYS = 3650
+EARLIEST_DAY, LATEST_DAY = date(2000, 1, 1), date(2099, 12, 31)
 MAX_COUNT = 1_000_000
 
 
@@ -167,7 +168,7 @@ def _validate_behaviour(node: dict, path: str, errors: list[str]) -> dict | None
     count = node.get("count")
     if not isinstance(count, dict) or set(count) != {"op", "value"}:
         errors.append(f'{path}.count: must be {{"op": ..., "value": ...}}')
-    elif count["op"] not in COUNT_SQL:
+    elif not isinstance(count["op"], str) or count["op"] not in COUNT_SQL:
         errors.append(f"{path}.count.op: {count['op']!r} is not one of {', '.join(COUNT_SQL)}")
     elif (
         isinstance(count["value"], bool)
@@ -193,6 +194,8 @@ def _validate_behaviour(node: dict, path: str, errors: list[str]) -> dict | None
         else:
             if first > last:
                 errors.append(f"{path}.between: the first date is after the second")
+            elif not EARLIEST_DAY <= first <= last <= LATEST_DAY:
+                errors.append(f"{path}.between: dates from {EARLIEST_DAY} to {LATEST_DAY} only")
             result["between"] = [first.isoformat(), last.isoformat()]
     for name in BEHAVIOUR_FILTERS:
         if name not in node:
@@ -338,15 +341,22 @@ def _behaviour_compile(rule: dict, *, client_id: int, now: datetime, idle: timed
     includes_zero = _compare(0, op, value)
     having = f"{'NOT ' if includes_zero else ''}({{count}} {COUNT_SQL[op]} %s)"
     if rule["event"] == "cart_abandonment":
+        # Sessions are whole (all their events), counted when they ended inside the window.
+        ended = "".join(
+            f" AND max(event.occurred_at) {sign} %s"
+            for sign, moment in ((">=", start), ("<", end))
+            if moment is not None
+        )
         sql = (
-            f"SELECT visitor FROM (SELECT {canonical} AS visitor {_EVENTS_FROM}{where} "
+            f"SELECT visitor FROM (SELECT {canonical} AS visitor {_EVENTS_FROM}"
             f"GROUP BY {canonical}, {_SESSION_KEY} "
             "HAVING max(CASE WHEN event.type = 'cart_add' THEN 1 ELSE 0 END) = 1 "
             "AND max(CASE WHEN event.type = 'purchase' THEN 1 ELSE 0 END) = 0 "
-            "AND max(event.occurred_at) < %s) AS abandoned "
+            f"AND max(event.occurred_at) < %s{ended}) AS abandoned "
             f"GROUP BY visitor HAVING {having.format(count='count(*)')}"
         )
-        params = [client_id, *params, adapt(now - idle), value]
+        # The window's parameters (filters are refused for abandoned carts) close the HAVING.
+        params = [client_id, adapt(now - idle), *params, value]
     else:
         counted = f"count(DISTINCT {_ORDER_KEY})" if rule["event"] == "purchase" else "count(*)"
         sql = (
@@ -375,16 +385,13 @@ def behaviour_count(
     """How many times the behaviour happened in these events (one visitor's, joined ones
     included): the in-memory twin of _behaviour_compile's count."""
     start, end = _window(rule, now)
-    chosen = [
-        event
-        for event in events
-        if (start is None or event.occurred_at >= start)
-        and (end is None or event.occurred_at < end)
-        and all(getattr(event, name) == rule[name] for name in BEHAVIOUR_FILTERS if name in rule)
-    ]
+
+    def is_inside(moment: datetime) -> bool:
+        return (start is None or moment >= start) and (end is None or moment < end)
+
     if rule["event"] == "cart_abandonment":
         sessions: dict[str, list] = {}
-        for event in chosen:
+        for event in events:
             sessions.setdefault(event.session_id or f"#{event.event_id}", []).append(event)
         return sum(
             1
@@ -392,7 +399,14 @@ def behaviour_count(
             if any(event.type == "cart_add" for event in session)
             and not any(event.type == "purchase" for event in session)
             and max(event.occurred_at for event in session) < now - idle
+            and is_inside(max(event.occurred_at for event in session))
         )
+    chosen = [
+        event
+        for event in events
+        if is_inside(event.occurred_at)
+        and all(getattr(event, name) == rule[name] for name in BEHAVIOUR_FILTERS if name in rule)
+    ]
     chosen = [event for event in chosen if event.type == rule["event"]]
     if rule["event"] == "purchase":
         return len({event.order_id or f"#{event.event_id}" for event in chosen})

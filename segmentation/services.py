@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max, Q
@@ -22,10 +23,19 @@ from campaigns.selectors import (
     campaign_get,
     campaigns_active,
     content_answer,
+    contents_answers,
 )
+from campaigns.services import NOTHING, assignments_record, experiment_splits
 from coremetrics.models import Client
 from coremetrics.selectors import clients_all
-from delivery.services import manifest_publish, table_discard, table_read, table_store
+from delivery.services import (
+    manifest_publish,
+    table_discard,
+    table_exists,
+    table_read,
+    table_store,
+)
+from delivery.tables import local_tables
 from segmentation.models import TableVersion
 from segmentation.rules import RuleError, rule_compile, rule_validate
 
@@ -69,11 +79,15 @@ class TableContent:
     # Visitors in two attachments' segments: (winner's attachment, the other's) -> how many.
     overlaps: Counter[tuple[int, int]] = field(default_factory=Counter)
     overlap_rows: list[dict] = field(default_factory=list)
+    # A/B tests: experiment id -> visitor id -> group key, for the visitors the test decides.
+    assignments: dict[int, dict[str, str]] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def checksum(self) -> str:
-        body = json.dumps([sorted(self.contents.items()), sorted(self.visitors.items())])
-        return hashlib.sha256(body.encode()).hexdigest()
+        # Once per table (a million visitors take seconds): compared with the serving one,
+        # then kept on the version.
+        body = orjson.dumps([sorted(self.contents.items()), sorted(self.visitors.items())])
+        return hashlib.sha256(body).hexdigest()
 
 
 def _table_compute(campaign) -> TableContent:
@@ -83,6 +97,7 @@ def _table_compute(campaign) -> TableContent:
     if campaign.default_content is not None:
         table.contents[campaign.default_content.pk] = content_answer(campaign.default_content)
     attachments = attachments_for_campaign(campaign_id=campaign.pk)
+    splits = experiment_splits(attachment_ids=[attachment.pk for attachment in attachments])
     # visitor -> index of the attachment that gives them their content (the first that matched)
     winners: dict[str, int] = {}
     for index, attachment in enumerate(attachments):
@@ -96,17 +111,32 @@ def _table_compute(campaign) -> TableContent:
         visitor_ids = profiles_matching(
             client_id=campaign.client_id, condition=condition
         ).values_list("visitor_id", flat=True)
+        # A running A/B test of this segment splits its visitors among the test's groups.
+        split = splits.get(attachment.pk)
+        groups = table.assignments.setdefault(split.experiment_id, {}) if split else {}
         matched = 0
         for visitor_id in visitor_ids.iterator(chunk_size=5000):
             matched += 1
             winner = winners.setdefault(visitor_id, index)
-            if winner == index:
+            if winner != index:
+                table.overlaps[(winner, index)] += 1
+            elif split is None:
                 table.visitors[visitor_id] = attachment.content_id
             else:
-                table.overlaps[(winner, index)] += 1
+                groups[visitor_id], shows = split.content_of(visitor_id)
+                if shows == NOTHING:
+                    table.visitors[visitor_id] = NOTHING_ID
+                elif shows is not None:  # None: the campaign's default, as for anyone else
+                    table.visitors[visitor_id] = int(shows)
         table.segment_counts[attachment.segment.name] = matched
         table.segment_seconds[attachment.segment.name] = round(time.perf_counter() - started, 3)
         table.contents[attachment.content_id] = content_answer(attachment.content)
+        if split is not None:
+            table.contents |= contents_answers(
+                content_ids=[shows for shows in split.shows.values() if isinstance(shows, int)]
+            )
+            if NOTHING in split.shows.values():
+                table.contents[NOTHING_ID] = None
     table.overlap_rows = [
         {
             "winner": _attachment_label(attachments[winner]),
@@ -120,6 +150,10 @@ def _table_compute(campaign) -> TableContent:
         if canonical in table.visitors:
             table.visitors[alias] = table.visitors[canonical]
     return table
+
+
+# The content id of "show nothing" in a table (an A/B group or holdout that sees nothing).
+NOTHING_ID = 0
 
 
 def _attachment_label(attachment) -> str:
@@ -155,7 +189,9 @@ def table_build(*, campaign_id: int, publish: bool = True) -> TableVersion:
             .order_by("-number")
             .first()
         )
-        if not publish and preview is not None and preview.checksum == table.checksum:
+        is_pinned = serving is not None and serving.is_pinned
+        waits = not publish or is_pinned
+        if waits and preview is not None and preview.checksum == table.checksum:
             version.delete()
             return preview
         table_store(
@@ -169,10 +205,13 @@ def table_build(*, campaign_id: int, publish: bool = True) -> TableVersion:
             },
         )
         _describe(version, table, campaign=campaign, serving=serving)
-        if publish and not (serving is not None and serving.is_pinned):
-            _publish(version)
-        else:
-            version.status = TableVersion.Status.READY
+        for experiment_id, groups in table.assignments.items():
+            assignments_record(
+                client_id=campaign.client_id, experiment_id=experiment_id, groups=groups
+            )
+        if waits or not _publish(version):
+            if version.status != TableVersion.Status.SUPERSEDED:
+                version.status = TableVersion.Status.READY
             version.save()
     except Exception as error:
         logger.exception("table build of campaign %s failed", campaign.pk)
@@ -180,7 +219,12 @@ def table_build(*, campaign_id: int, publish: bool = True) -> TableVersion:
         version.error = f"{type(error).__name__}: {error}"
         version.finished_at = timezone.now()
         version.published_at = None
-        version.save(update_fields=["status", "error", "finished_at", "published_at"])
+        version.is_stored = False
+        try:
+            table_discard(campaign_id=campaign.pk, version=number)
+        except Exception:  # the store may be what failed; the row says it is not stored
+            logger.warning("could not discard table %s v%s", campaign.pk, number)
+        version.save(update_fields=["status", "error", "finished_at", "published_at", "is_stored"])
         return version
     _prune(campaign_id=campaign.pk)
     return version
@@ -189,6 +233,7 @@ def table_build(*, campaign_id: int, publish: bool = True) -> TableVersion:
 def _describe(version: TableVersion, table: TableContent, *, campaign, serving) -> None:
     """The version's counts, timings and diff against the serving version (not saved)."""
     names = {ident: answer["name"] for ident, answer in table.contents.items() if answer}
+    names[NOTHING_ID] = "nothing"
     version.visitor_count = len(table.visitors)
     version.segment_counts = table.segment_counts
     version.segment_seconds = table.segment_seconds
@@ -263,9 +308,22 @@ def _publish(version: TableVersion, *, by_hand: bool = False) -> bool:
             version.status = TableVersion.Status.SUPERSEDED
             version.save()
             return False
-        newest = TableVersion.objects.filter(campaign_id=version.campaign_id).aggregate(
-            Max("number")
-        )["number__max"]
+        if not by_hand and published.filter(is_pinned=True).exists():
+            # Rolled back while we built: the caller keeps ours as a preview.
+            return False
+        # A rollback: published by hand while a newer built version exists.
+        newest = (
+            TableVersion.objects.filter(
+                campaign_id=version.campaign_id,
+                status__in=[
+                    TableVersion.Status.READY,
+                    TableVersion.Status.PUBLISHED,
+                    TableVersion.Status.SUPERSEDED,
+                ],
+            )
+            .exclude(pk=version.pk)
+            .aggregate(Max("number"))["number__max"]
+        )
         published.exclude(pk=version.pk).update(
             status=TableVersion.Status.SUPERSEDED, is_pinned=False
         )
@@ -287,7 +345,9 @@ def table_publish(*, version: TableVersion) -> TableVersion:
     version.refresh_from_db()
     if version.status not in (TableVersion.Status.READY, TableVersion.Status.SUPERSEDED):
         raise PublishError(f"version {version.number} is {version.get_status_display().lower()}")
-    if not version.is_stored:
+    if not version.is_stored or not table_exists(
+        campaign_id=version.campaign_id, version=version.number
+    ):
         raise PublishError(f"version {version.number} is no longer in the table store")
     _publish(version, by_hand=True)
     return version
@@ -295,11 +355,11 @@ def table_publish(*, version: TableVersion) -> TableVersion:
 
 def _prune(*, campaign_id: int) -> None:
     """Drop stored tables beyond the newest TABLE_VERSIONS_KEPT (kept for rollback)."""
-    old = (
-        TableVersion.objects.filter(campaign_id=campaign_id, is_stored=True)
-        .exclude(status=TableVersion.Status.PUBLISHED)
-        .order_by("-number")[settings.TABLE_VERSIONS_KEPT :]
-    )
+    old = TableVersion.objects.filter(
+        campaign_id=campaign_id,
+        is_stored=True,
+        status__in=[TableVersion.Status.READY, TableVersion.Status.SUPERSEDED],
+    ).order_by("-number")[settings.TABLE_VERSIONS_KEPT :]
     for version in old:
         table_discard(campaign_id=campaign_id, version=version.number)
         TableVersion.objects.filter(pk=version.pk).update(is_stored=False)
@@ -322,15 +382,20 @@ def visitor_explain(*, campaign_id: int, visitor_id: str) -> dict:
     profile is in its segment now (the next build's answer, if anything changed since)."""
     campaign = campaign_get(campaign_id=campaign_id)
     canonical = canonical_of(client_id=campaign.client_id, visitor_id=visitor_id)
-    serving = TableVersion.objects.filter(
-        campaign=campaign, status=TableVersion.Status.PUBLISHED
-    ).first()
-    table = table_read(campaign_id=campaign.pk, version=serving.number) if serving else None
+    # What this node serves: its in-memory copy of the published table (no table read).
+    view = local_tables().client(campaign.client.public_key)
+    placement = view.placements.get(campaign.placement.key) if view is not None else None
+    table = placement.table if placement is not None else None
+    serving = (
+        TableVersion.objects.filter(campaign=campaign, number=table.version).first()
+        if table is not None
+        else None
+    )
     default = _content(campaign.default_content)
-    content_id = table["visitors"].get(visitor_id) if table is not None else None
+    content_id = table.visitors.get(visitor_id) if table is not None else None
     served = default
     if table is not None and content_id is not None:
-        answer = table["contents"].get(str(content_id))
+        answer = table.contents.get(content_id)
         served = {"id": answer["id"], "name": answer["name"]} if answer else None
     now = timezone.now()
     attachments: list[dict] = []
@@ -359,7 +424,13 @@ def visitor_explain(*, campaign_id: int, visitor_id: str) -> dict:
         "visitor": visitor_id,
         "profile_of": canonical,
         "version": (
-            {"number": serving.number, "published_at": serving.published_at} if serving else None
+            {
+                "number": serving.number,
+                "published_at": serving.published_at,
+                "is_pinned": serving.is_pinned,
+            }
+            if serving
+            else None
         ),
         "served": served,
         "served_by": "table" if content_id is not None else "default",

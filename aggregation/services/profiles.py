@@ -80,11 +80,13 @@ def identities_stitch(*, client_id: int, emails: dict[str, str]) -> set[str]:
     )
     for email, visitor_id in known:
         by_email[email].add(visitor_id)
-    # Joins a marketer undid stay undone: those visitors never join under that email again.
+    # Joins a marketer undid stay undone: a visitor kept apart from an address never joins
+    # under it again, nor does any group it has joined since (under another address).
+    apart: dict[str, set[str]] = defaultdict(set)
     for visitor_id, email in VisitorSeparation.objects.filter(
         client_id=client_id, email__in=list(by_email)
     ).values_list("visitor_id", "email"):
-        by_email[email].discard(visitor_id)
+        apart[email].add(visitor_id)
     joined: set[str] = set()
     for email, visitor_ids in by_email.items():
         links = dict(
@@ -93,9 +95,16 @@ def identities_stitch(*, client_id: int, emails: dict[str, str]) -> set[str]:
             )
         )
         canonicals = {links.get(visitor_id, visitor_id) for visitor_id in visitor_ids}
+        group = VisitorLink.objects.filter(client_id=client_id, canonical_id__in=canonicals)
+        if apart[email]:
+            canonicals -= apart[email] | {
+                canonical
+                for member, canonical in group.values_list("visitor_id", "canonical_id")
+                if member in apart[email]
+            }
+            group = group.filter(canonical_id__in=canonicals)
         if len(canonicals) < 2:
             continue
-        group = VisitorLink.objects.filter(client_id=client_id, canonical_id__in=canonicals)
         if len(canonicals) + group.count() > MAX_JOINED:
             logger.warning("not joining the visitors of %s: more than %d", email, MAX_JOINED)
             continue
@@ -186,7 +195,7 @@ def profiles_rebuild(*, client_id: int, visitor_ids: set[str]) -> int:
             Profile(client_id=client_id, visitor_id=visitor_id, **profile_finish(visitor_totals))
             for visitor_id, visitor_totals in totals.items()
         ]
-        _profiles_upsert(profiles)
+        _profiles_upsert(profiles, computed_at=now)
         # A joined visitor counts in its canonical profile only (whatever raced to write it).
         aliases = [member for group in batch.values() for member in group if member not in members]
         Profile.objects.filter(client_id=client_id, visitor_id__in=aliases).delete()
@@ -428,7 +437,8 @@ def _events_of(client_id: int, visitor_ids: list[str]) -> dict[str, list[EventRo
     return rows
 
 
-def _profiles_upsert(profiles: list[Profile]) -> None:
+def _profiles_upsert(profiles: list[Profile], *, computed_at: datetime) -> None:
+    # updated_at is when the profile was computed (settling compares it with the session's end).
     if connection.vendor != "postgresql":
         Profile.objects.bulk_create(
             profiles,
@@ -437,12 +447,11 @@ def _profiles_upsert(profiles: list[Profile]) -> None:
             update_fields=PROFILE_FIELDS,
         )
         return
-    now = timezone.now()
     columns = ["client_id", "visitor_id", *PROFILE_FIELDS]
     json_columns = {"categories", "attributes"}
     values = [
         [
-            now
+            computed_at
             if name == "updated_at"
             else Json(getattr(profile, name))
             if name in json_columns

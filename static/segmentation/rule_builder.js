@@ -295,7 +295,14 @@
       const form = textarea.form;
       const client = form.querySelector("#id_client");
       const token = form.querySelector("input[name=csrfmiddlewaretoken]");
-      const body = { rule: JSON.parse(textarea.value) };
+      let rule;
+      try {
+        rule = JSON.parse(textarea.value);
+      } catch (error) {
+        status.textContent = "The rule's JSON is not valid: fix it below.";
+        return;
+      }
+      const body = { rule };
       if (client) body.client = Number(client.value) || null;
       const number = ++asked;
       status.textContent = "Counting…";

@@ -146,3 +146,21 @@ def test_a_marketer_separates_a_wrong_join_in_the_console(client, client_a, mark
     assert list(VisitorSeparation.objects.values_list("visitor_id", "email")) == [
         (second, "s@x.io")
     ]
+
+
+def test_a_separated_visitor_stays_apart_through_a_later_alias(client_a):
+    from aggregation.services.profiles import identities_separate
+
+    first, second, third = visitor_id_issue(), visitor_id_issue(), visitor_id_issue()
+    _load([_event(client_a.pk, first, "purchase", 0, order_id="1", value="5.00", email="x@x.io")])
+    _load([_event(client_a.pk, second, "purchase", 2, order_id="2", value="7.00", email="x@x.io")])
+    identities_separate(links=list(VisitorLink.objects.all()))
+    # A third browser joins the separated visitor under another address, then gives the
+    # first address: the separated visitor's group must not join the first visitor.
+    _load([_event(client_a.pk, third, "purchase", 4, order_id="3", value="1.00", email="y@y.io")])
+    _load([_event(client_a.pk, second, "purchase", 5, order_id="4", value="1.00", email="y@y.io")])
+    _load([_event(client_a.pk, third, "purchase", 6, order_id="5", value="1.00", email="x@x.io")])
+
+    canonicals = set(VisitorLink.objects.values_list("canonical_id", flat=True))
+    assert first not in canonicals
+    assert not VisitorLink.objects.filter(visitor_id=first).exists()

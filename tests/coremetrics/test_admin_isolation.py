@@ -18,7 +18,7 @@ from aggregation.models import (
     VisitorLink,
     VisitorSeparation,
 )
-from campaigns.models import Attachment, Campaign, Content, Placement
+from campaigns.models import Attachment, Campaign, Content, Experiment, Placement
 from coremetrics.models import Client
 from delivery.models import Visitor
 from segmentation.models import Segment, TableVersion
@@ -145,6 +145,35 @@ KINDS = {
         {"name": "renamed segment", "rule": {"field": "visits", "op": "gte", "value": 3}},
     ),
     "tableversion": Kind(TableVersion, _tableversion_make),
+    "experiment": Kind(
+        Experiment,
+        lambda client, tag: Experiment.objects.create(
+            client=client,
+            name=f"{tag} test",
+            attachment=AttachmentFactory(
+                campaign__client=client,
+                campaign__name=f"{tag} campaign",
+                segment__name=f"{tag} segment",
+                content__name=f"{tag} banner",
+            ),
+        ),
+        lambda row: {
+            "name": "renamed test",
+            "attachment": str(row.attachment_id),
+            "holdout_share": "0",
+            "minimum_days": "14",
+            **{
+                f"groups-{name}": value
+                for name, value in {
+                    "TOTAL_FORMS": "0",
+                    "INITIAL_FORMS": "0",
+                    "MIN_NUM_FORMS": "0",
+                    "MAX_NUM_FORMS": "1000",
+                }.items()
+            },
+        },
+        {"name": "renamed test"},
+    ),
     "profile": Kind(
         Profile,
         lambda client, tag: ProfileFactory(client=client, visitor_id=f"{tag}-profile-visitor"),
@@ -563,7 +592,7 @@ def test_marketer_index_lists_only_tenant_apps(client, marketer):
             "VisitorLink",
             "VisitorSeparation",
         ],
-        "campaigns": ["Attachment", "Campaign", "Content", "Placement"],
+        "campaigns": ["Attachment", "Campaign", "Content", "Experiment", "Placement"],
         "coremetrics": ["Client"],
         "delivery": ["Visitor"],
         "segmentation": ["Segment", "TableVersion"],

@@ -187,3 +187,42 @@ def test_behaviours_are_refused_with_exact_errors(rule, error):
         rule_validate(rule)
 
     assert raised.value.errors == [error]
+
+
+def test_an_abandoned_cart_is_judged_on_its_whole_session(client):
+    rule = {
+        "event": "cart_abandonment",
+        "count": {"op": "gte", "value": 1},
+        "between": ["2026-10-01", "2026-10-07"],
+    }
+    late = NOW - datetime(2026, 10, 7, 23, 55, tzinfo=UTC)
+    next_day = NOW - datetime(2026, 10, 8, 0, 5, tzinfo=UTC)
+    _visitor(
+        client,
+        "bought-after-midnight",
+        ("cart_add", late, {"session_id": "s"}),
+        ("purchase", next_day, {"session_id": "s"}),
+    )
+    _visitor(client, "left-it", ("cart_add", late, {"session_id": "s"}))
+    _visitor(
+        client,
+        "ended-after-the-window",
+        ("cart_add", late, {"session_id": "s"}),
+        ("page_view", next_day, {"session_id": "s"}),
+    )
+
+    assert _selected(client, rule) == {"left-it"}
+
+
+@pytest.mark.parametrize(
+    ("rule", "error"),
+    [
+        (_bought(count={"op": ["gte"], "value": 1}), "rule.count.op: ['gte'] is not one of"),
+        (_bought(between=["2026-01-01", "9999-12-31"]), "rule.between: dates from 2000-01-01"),
+    ],
+)
+def test_odd_values_are_refused_not_crashed_on(rule, error):
+    with pytest.raises(RuleError) as raised:
+        rule_validate(rule)
+
+    assert raised.value.errors[0].startswith(error)

@@ -209,3 +209,65 @@ def test_the_build_counts_visitors_in_several_segments_and_names_the_winner(clie
         f"2 visitors are in both; <strong>{buyers} → buyer (priority 1)</strong> wins over "
         f"{returning} → back (priority 2)" in page.content.decode()
     )
+
+
+def test_publishing_a_preview_past_a_failed_build_does_not_pin(campaign, monkeypatch):
+    from segmentation import services
+
+    visitor = ProfileFactory(client=campaign.client, visits=2, purchases=0)
+    table_build(campaign_id=campaign.pk)
+    visitor.purchases = 1
+    visitor.save()
+    preview = table_build(campaign_id=campaign.pk, publish=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(services, "_table_compute", _broken)
+        failed = table_build(campaign_id=campaign.pk)
+
+    table_publish(version=preview)
+    preview.refresh_from_db()
+
+    assert (failed.status, failed.is_stored) == ("failed", False)
+    assert (preview.status, preview.is_pinned) == ("published", False)
+
+
+def test_builds_while_pinned_add_no_version_when_nothing_changed(campaign):
+    visitor = ProfileFactory(client=campaign.client, visits=2, purchases=0)
+    first = table_build(campaign_id=campaign.pk)
+    visitor.purchases = 1
+    visitor.save()
+    table_build(campaign_id=campaign.pk)
+    table_publish(version=first)  # the rollback
+
+    waiting = table_build(campaign_id=campaign.pk)
+    again = table_build(campaign_id=campaign.pk)
+
+    assert waiting.status == "ready"
+    assert again.pk == waiting.pk
+    assert campaign.table_versions.count() == 3
+
+
+@override_settings(TABLE_VERSIONS_KEPT=1)
+def test_failed_builds_never_push_stored_versions_out(campaign, monkeypatch):
+    from segmentation import services
+
+    visitor = ProfileFactory(client=campaign.client, visits=2, purchases=0)
+    first = table_build(campaign_id=campaign.pk)
+    visitor.purchases = 1
+    visitor.save()
+    table_build(campaign_id=campaign.pk)
+    with monkeypatch.context() as patch:
+        patch.setattr(services, "_table_compute", _broken)
+        for _ in range(3):
+            table_build(campaign_id=campaign.pk)
+    visitor.purchases = 0
+    visitor.save()
+    table_build(campaign_id=campaign.pk)
+
+    first.refresh_from_db()
+    second = campaign.table_versions.get(number=2)
+    assert (first.is_stored, second.is_stored) == (False, True)
+    table_publish(version=second)  # still possible: it is the one version kept
+
+
+def _broken(campaign):
+    raise RuntimeError("segment query failed")
