@@ -19,10 +19,13 @@ Stages, each timed on its own and summed over the 3 campaigns:
 3. publish_s: the rest of `tables_build`: the version row, `table_store` (the table serialised
    and written to Redis), `_describe` (checksum, counts), `_publish` (the manifest), pruning and
    the final manifests.
-build_s + publish_s is the whole rebuild. Every build here is a campaign's first, so no diff
-against a serving version is computed and the checksum is computed once.
+build_s + publish_s is the whole rebuild of tables built for the first time (no diff).
+4. changed_rebuild_s: then a tenth of the non-buyers become buyers and `tables_build` runs
+   again: the usual case, each changed table compared with the serving one (the diff) before
+   it publishes; a campaign whose higher priorities hide the change adds no version.
 
-It ends with one JSON line: profiles, segment_eval_s, build_s, publish_s, peak_rss_mb (the
+It ends with one JSON line: profiles, segment_eval_s, build_s, publish_s, changed_rebuild_s,
+peak_rss_mb (the
 largest resident size of this process, which runs the build). Runs in a database of its own
 (coremetrics_bench_tables, dropped and created anew) and in Redis database 5 (flushed), so the
 test suite's database 0 is left alone.
@@ -110,6 +113,8 @@ def main() -> None:
     import django
 
     django.setup()
+    from django.db import connection
+
     from aggregation.selectors import profiles_matching
     from campaigns.selectors import attachments_for_campaign
     from segmentation import services
@@ -152,25 +157,44 @@ def main() -> None:
     started = time.perf_counter()
     versions = services.tables_build(client_id=client.pk)
     rebuild_seconds = time.perf_counter() - started
+    build_seconds, store_seconds = compute.seconds, store.seconds
 
     failed = [version.error for version in versions if version.status != "published"]
     if failed:
         sys.exit(f"table builds failed: {failed}")
     sizes = [version.visitor_count for version in versions]
     in_build_seconds = sum(sum(version.segment_seconds.values()) for version in versions)
+
+    # The usual case: a table serves and a tenth of the profiles changed since (buyers now),
+    # so each new version is compared with the serving one (the diff) before it publishes.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE aggregation_profile SET purchases = purchases + 1, total_spent = 50 "
+            "WHERE id %% %s = 0 AND purchases = 0",
+            [10],
+        )
+    started = time.perf_counter()
+    changed = services.tables_build(client_id=client.pk)
+    changed_seconds = time.perf_counter() - started
+    moved = [sum(move["visitors"] for move in version.diff) for version in changed]
+    # A campaign whose higher priorities hide the change comes out the same: no new version.
+    if not any(moved) or any(version.status != "published" for version in changed):
+        sys.exit(f"the changed rebuild moved nobody: {[v.status for v in changed]}")
     figures = {
         "profiles": args.profiles,
         "segment_eval_s": round(segment_eval_seconds, 1),
-        "build_s": round(compute.seconds, 1),
-        "publish_s": round(rebuild_seconds - compute.seconds, 1),
+        "build_s": round(build_seconds, 1),
+        "publish_s": round(rebuild_seconds - build_seconds, 1),
+        "changed_rebuild_s": round(changed_seconds, 1),
         "peak_rss_mb": _peak_rss_mb(),
     }
     print(
         f"load: {args.profiles} profiles in {load_seconds:.1f} s (peak RSS {setup_rss_mb} MB); "
         f"segment evaluation: {matched} ids from 15 queries in {segment_eval_seconds:.1f} s; "
-        f"rebuild: {rebuild_seconds:.1f} s, of which _table_compute {compute.seconds:.1f} s "
-        f"(its segments {in_build_seconds:.1f} s), table_store {store.seconds:.1f} s; "
-        f"visitors per table {sizes}",
+        f"rebuild: {rebuild_seconds:.1f} s, of which _table_compute {build_seconds:.1f} s "
+        f"(its segments {in_build_seconds:.1f} s), table_store {store_seconds:.1f} s; "
+        f"visitors per table {sizes}; changed rebuild (diff included): {changed_seconds:.1f} s, "
+        f"visitors moved per table {moved}",
         file=sys.stderr,
     )
     print(json.dumps(figures))
