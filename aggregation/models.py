@@ -9,6 +9,7 @@ class Event(models.Model):
 
     class Type(models.TextChoices):
         DELIVERY = "delivery", "Delivery"
+        CLICK = "click", "Click-through"
         PAGE_VIEW = "page_view", "Page view"
         PRODUCT_VIEW = "product_view", "Product view"
         CATEGORY_VIEW = "category_view", "Category view"

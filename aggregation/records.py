@@ -32,7 +32,8 @@ TRACKED_TYPES = (
     "purchase",
     "custom",
 )
-RECORD_TYPES = ("delivery", *TRACKED_TYPES)
+# Recorded by the server: delivery answers (D4) and clicks through our redirect (D1).
+RECORD_TYPES = ("delivery", "click", *TRACKED_TYPES)
 TEXT_LIMITS = {
     "url": 2000,
     "referrer": 2000,

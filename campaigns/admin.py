@@ -188,6 +188,8 @@ class ExperimentAdmin(TenantAdmin):
         for row in results["groups"] if results else []:
             rate = row["conversion_rate"]
             row["conversion_percent"] = None if rate is None else 100 * rate
+            ctr = row["click_through_rate"]
+            row["ctr_percent"] = None if ctr is None else 100 * ctr
             row["conversion_lift"] = _lift_text(row["conversion"])
             row["revenue_lift_text"] = _lift_text(row["revenue_lift"])
         context = {

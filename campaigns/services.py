@@ -162,11 +162,12 @@ def assignments_record(*, client_id: int, experiment_id: int, groups: dict[str, 
         )
 
 
-# Per assigned visitor, in the period: deliveries of the campaign (impressions), and orders
-# after their first delivery (an order id counts once, at its highest value).
+# Per assigned visitor, in the period: deliveries of the campaign (impressions), clicks through
+# its links, and orders after their first delivery (an order id counts once, at its highest
+# value).
 _RESULTS_SQL = """
 SELECT assignment.group_key, assignment.visitor_id, shown.impressions,
-    coalesce(bought.orders, 0), coalesce(bought.revenue, 0)
+    coalesce(clicked.clicks, 0), coalesce(bought.orders, 0), coalesce(bought.revenue, 0)
 FROM campaigns_assignment AS assignment
 JOIN (
     SELECT visitor_id, count(*) AS impressions, min(occurred_at) AS first_seen_at
@@ -175,6 +176,13 @@ JOIN (
         AND occurred_at >= %s AND occurred_at < %s
     GROUP BY visitor_id
 ) AS shown ON shown.visitor_id = assignment.visitor_id
+LEFT JOIN (
+    SELECT visitor_id, count(*) AS clicks
+    FROM aggregation_event
+    WHERE client_id = %s AND type = 'click' AND campaign_key = %s
+        AND occurred_at >= %s AND occurred_at < %s
+    GROUP BY visitor_id
+) AS clicked ON clicked.visitor_id = assignment.visitor_id
 LEFT JOIN (
     SELECT purchase.visitor_id, count(*) AS orders, sum(purchase.value) AS revenue
     FROM (
@@ -210,17 +218,20 @@ def experiment_results(*, experiment: Experiment, first: date, last: date) -> di
     window: list[Any] = [client_id, key, adapt(start), adapt(end)]
     groups = {group.key: group for group in experiment.groups.all()}
     rows: dict[str, dict] = {
-        group: {"visitors": 0, "impressions": 0, "conversions": 0, "revenues": []}
+        group: {"visitors": 0, "impressions": 0, "clicks": 0, "conversions": 0, "revenues": []}
         for group in [*groups, HOLDOUT]
     }
     with connection.cursor() as cursor:
-        cursor.execute(_RESULTS_SQL, [*window, *window, client_id, adapt(end), experiment.pk])
-        for group, _, impressions, orders, revenue in cursor:
+        cursor.execute(
+            _RESULTS_SQL, [*window, *window, *window, client_id, adapt(end), experiment.pk]
+        )
+        for group, _, impressions, clicks, orders, revenue in cursor:
             if group not in rows:
                 continue  # a group removed since
             row = rows[group]
             row["visitors"] += 1
             row["impressions"] += impressions
+            row["clicks"] += clicks
             row["conversions"] += orders > 0
             row["revenues"].append(float(revenue))
     control_key = next(key for key, group in groups.items() if group.is_control)
@@ -239,6 +250,12 @@ def experiment_results(*, experiment: Experiment, first: date, last: date) -> di
                 "share": group.share,
                 "visitors": sample.visitors,
                 "impressions": rows[group_key]["impressions"],
+                "clicks": rows[group_key]["clicks"],
+                "click_through_rate": (
+                    rows[group_key]["clicks"] / rows[group_key]["impressions"]
+                    if rows[group_key]["impressions"]
+                    else None
+                ),
                 "conversions": sample.conversions,
                 "conversion_rate": sample.conversion_rate,
                 "revenue": Decimal(str(round(sum(sample.revenues), 2))),

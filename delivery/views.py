@@ -6,13 +6,15 @@ import logging
 import re
 import time
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
-from aggregation.services import deliveries_spool
+from aggregation.services import click_spool, deliveries_spool
 from delivery.answers import placements_answer
+from delivery.clicks import ClickError, click_read, click_token
 from delivery.identity import (
     ip_truncate,
     session_id_issue,
@@ -123,7 +125,61 @@ def query(request: HttpRequest) -> HttpResponse:
         # The visitor still gets an answer; the lost records are counted in the log.
         logger.exception("could not spool %d delivery records", len(answers))
     data = {"client": view.public_key, "visitor": visitor_id, "session": session_id}
-    return _answer(request, view, {**data, "placements": answers})
+    links = _click_links(request, view, answers, visitor_id=visitor_id, session_id=session_id)
+    return _answer(request, view, {**data, "placements": links})
+
+
+def _click_links(
+    request: HttpRequest, view: ClientView, answers: list[dict], *, visitor_id: str, session_id: str
+) -> list[dict]:
+    """The answers with each click-through address replaced by our recording redirect (the
+    table's content stays as it is: the answer gets a copy)."""
+    base = None
+    linked = []
+    for answer in answers:
+        content = answer["content"]
+        if content and content.get("click_url") and answer["campaign"] is not None:
+            base = base or request.build_absolute_uri(reverse("delivery:click"))
+            token = click_token(
+                client_key=view.public_key,
+                visitor_id=visitor_id,
+                session_id=session_id,
+                campaign_key=answer["campaign"],
+                content_id=content["id"],
+                version=answer["version"],
+                target=content["click_url"],
+            )
+            answer = {**answer, "content": {**content, "click_url": f"{base}?t={token}"}}
+        linked.append(answer)
+    return linked
+
+
+@require_GET
+def click(request: HttpRequest) -> HttpResponse:
+    """Record a click-through and send the browser to the content's stored address (D1)."""
+    try:
+        data = click_read(request.GET.get("t", ""))
+        view = client_view_get(key=data["k"])
+    except (ClickError, QueryError) as error:
+        return HttpResponse(f"{error}\n", status=400, content_type="text/plain; charset=utf-8")
+    try:
+        click_spool(
+            client_id=view.client_id,
+            visitor_id=data["v"],
+            session_id=data["s"],
+            campaign_key=data["c"],
+            content_id=data["n"],
+            table_version=data["t"],
+            referrer=request.headers.get("Referer", ""),
+            at=timezone.now(),
+        )
+    except OSError:
+        # The browser still goes where the visitor wanted; the lost record is in the log.
+        logger.exception("could not spool a click")
+    response = HttpResponseRedirect(data["u"])
+    response["Cache-Control"] = "no-store"
+    response["Referrer-Policy"] = "no-referrer-when-downgrade"
+    return response
 
 
 @csrf_exempt

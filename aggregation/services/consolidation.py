@@ -32,7 +32,14 @@ from django.utils import timezone
 
 from aggregation import spool
 from aggregation.models import ConsolidationRun, Event
-from aggregation.records import RecordError, delivery_record, event_from_tag, record_parse
+from aggregation.records import (
+    TEXT_LIMITS,
+    RecordError,
+    delivery_record,
+    event_from_tag,
+    record_new,
+    record_parse,
+)
 from aggregation.services.imports import import_reports_prune
 from aggregation.services.profiles import (
     PROFILES_PER_TRANSACTION,
@@ -144,6 +151,35 @@ def deliveries_spool(
             at=at,
         )
         for answer in answers
+    )
+
+
+def click_spool(
+    *,
+    client_id: int,
+    visitor_id: str,
+    session_id: str,
+    campaign_key: str,
+    content_id: int,
+    table_version: int | None,
+    referrer: str,
+    at: datetime,
+) -> None:
+    """Spool one click through our redirect (D1); raises OSError when the disk refuses."""
+    spool.spool_append(
+        [
+            record_new(
+                client_id=client_id,
+                kind="click",
+                visitor_id=visitor_id,
+                session_id=session_id,
+                occurred_at=at,
+                campaign_key=campaign_key,
+                content_id=content_id,
+                table_version=table_version,
+                referrer=referrer[: TEXT_LIMITS["referrer"]],
+            )
+        ]
     )
 
 

@@ -394,7 +394,7 @@ def _with(**fields):
         (_without("email"), "missing field email"),
         (_without("properties"), "missing field properties"),
         (_with(event_id="nope"), "bad field: badly formed hexadecimal UUID string"),
-        (_with(type="click"), "unknown type 'click'"),
+        (_with(type="refund"), "unknown type 'refund'"),
         (_with(client="3"), "client must be an integer"),
         (_with(client=True), "client must be an integer"),
         (_with(occurred_at="yesterday"), "bad field: Invalid isoformat string: 'yesterday'"),

@@ -137,6 +137,8 @@ def test_results_count_what_each_group_did_after_seeing_the_campaign(golf):
     events = []
     for index, visitor in enumerate(visitors):
         events.append(_event(client, visitor, "delivery", shown_at, campaign_key="discounts"))
+        if index % 4 == 0:
+            events.append(_event(client, visitor, "click", shown_at, campaign_key="discounts"))
         bought = (groups[visitor] == "twenty-off" and index % 2 == 0) or index % 10 == 0
         if bought:
             events.append(_event(client, visitor, "purchase", shown_at + timedelta(hours=1),
@@ -157,7 +159,12 @@ def test_results_count_what_each_group_did_after_seeing_the_campaign(golf):
             v for v in members
             if (key == "twenty-off" and visitors.index(v) % 2 == 0) or visitors.index(v) % 10 == 0
         ]  # fmt: skip
+        clickers = [v for v in members if visitors.index(v) % 4 == 0]
         assert (row["visitors"], row["impressions"]) == (len(members), len(members))
+        assert (row["clicks"], row["click_through_rate"]) == (
+            len(clickers),
+            len(clickers) / len(members),
+        )
         assert (row["conversions"], row["revenue"]) == (len(buyers), Decimal(50 * len(buyers)))
     assert rows["control"]["conversion"] is None
     assert rows["twenty-off"]["conversion"].is_significant

@@ -110,7 +110,11 @@ def test_one_query_renders_every_content_type(live_server, sites, shop, page, sc
 
     assert len(queries) == 1
     link = page.locator("[data-cm-placement='hero'] a")
-    assert link.get_attribute("href") == "https://shop.example/spring"
+    # Through our redirect, which records the click and goes on to the stored address.
+    href = link.get_attribute("href")
+    assert href.startswith(f"{live_server.url}/d/v1/click?t=")
+    followed = page.request.get(href, max_redirects=0)
+    assert (followed.status, followed.headers["location"]) == (302, "https://shop.example/spring")
     assert link.locator("img").get_attribute("alt") == "Spring"
     note = page.locator("[data-cm-placement='promo-script'] .offer-note")
     assert note.inner_text() == "Free sleeve of tees with any driver this week."

@@ -1,0 +1,110 @@
+"""Click-through links (D1): recorded, and only ever to the address stored for the content."""
+
+import pytest
+from django.core import signing
+from django.urls import reverse
+
+from aggregation.models import Event
+from aggregation.services import spool_consolidate
+from delivery.clicks import SALT, click_read, click_token
+from tests.delivery.test_query import QUERY
+
+pytestmark = pytest.mark.django_db
+
+CLICK = reverse("delivery:click")
+
+
+def _link(client, attachment, visitor_id, **extra):
+    campaign = attachment.campaign
+    params = {"k": campaign.client.public_key, "v": visitor_id, "p": campaign.placement.key}
+    answer = client.get(QUERY, {**params, **extra}).json()["placements"][0]
+    return answer["content"]["click_url"]
+
+
+def test_a_click_is_recorded_and_goes_to_the_stored_address(client, published):
+    attachment, buyer = published
+    link = _link(client, attachment, buyer.visitor_id)
+
+    response = client.get(link, HTTP_REFERER="https://shop.example/")
+    run = spool_consolidate()
+
+    assert (response.status_code, response["Location"]) == (302, attachment.content.click_url)
+    assert response["Cache-Control"] == "no-store"
+    assert run.status == "done"
+    click = Event.objects.get(type="click")
+    assert (click.visitor_id, click.campaign_key, click.content_id, click.table_version) == (
+        buyer.visitor_id,
+        attachment.campaign.key,
+        attachment.content_id,
+        1,
+    )
+    assert click.referrer == "https://shop.example/"
+
+
+def test_no_link_can_send_the_browser_elsewhere(client, published):
+    attachment, buyer = published
+    token = _link(client, attachment, buyer.visitor_id).split("?t=")[1]
+    data = click_read(token)
+    forged = signing.dumps({**data, "u": "https://evil.example/"}, salt="another-salt")
+    other_key = signing.dumps({**data, "u": "https://evil.example/"}, salt=SALT, key="guessed")
+
+    answers = [
+        client.get(CLICK, {"t": token[:-3] + "abc"}),
+        client.get(CLICK, {"t": forged}),
+        client.get(CLICK, {"t": other_key}),
+        client.get(CLICK, {"t": token, "u": "https://evil.example/"}),  # extra parameters: ignored
+        client.get(CLICK),
+    ]
+
+    assert [answer.status_code for answer in answers] == [400, 400, 400, 302, 400]
+    assert answers[3]["Location"] == attachment.content.click_url
+    assert answers[0].content == b"this is not a click-through link of this server\n"
+    spool_consolidate()
+    assert Event.objects.filter(type="click").count() == 1
+
+
+def test_an_old_link_has_expired(client, published, monkeypatch):
+    attachment, buyer = published
+    link = _link(client, attachment, buyer.visitor_id)
+    monkeypatch.setattr("delivery.clicks.MAX_AGE_SECONDS", -1)
+
+    response = client.get(link)
+
+    assert (response.status_code, response.content) == (400, b"this link has expired\n")
+
+
+def test_without_consent_the_link_is_the_plain_address(client, published):
+    attachment, _ = published
+    campaign = attachment.campaign
+    # The anonymous answer (a=1) is the default, whose own link is not tracked either.
+    campaign.default_content.click_url = "https://shop.example/all"
+    campaign.default_content.save()
+    from delivery.services import manifest_publish
+
+    manifest_publish(client_id=campaign.client_id)
+
+    link = _link(client, attachment, "", a="1")
+
+    assert link == "https://shop.example/all"
+
+
+def test_tokens_round_trip():
+    token = click_token(
+        client_key="k",
+        visitor_id="v",
+        session_id="s",
+        campaign_key="c",
+        content_id=3,
+        version=2,
+        target="https://shop.example/x",
+    )
+
+    assert click_read(token) == {
+        "k": "k",
+        "v": "v",
+        "s": "s",
+        "c": "c",
+        "n": 3,
+        "t": 2,
+        "u": "https://shop.example/x",
+    }
