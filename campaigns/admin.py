@@ -1,4 +1,4 @@
-from datetime import date
+from datetime import date, timedelta
 from functools import partial
 
 from django.contrib import admin, messages
@@ -10,6 +10,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 
 from campaigns.models import Attachment, Campaign, Content, Experiment, ExperimentGroup, Placement
+from campaigns.selectors import campaign_report
 from campaigns.services import (
     ExperimentError,
     experiment_end,
@@ -58,6 +59,7 @@ class CampaignAdmin(TenantAdmin):
             path(
                 "<int:campaign_id>/explain/", view(self.explain), name="campaigns-campaign-explain"
             ),
+            path("<int:campaign_id>/report/", view(self.report), name="campaigns-campaign-report"),
             *super().get_urls(),
         ]
 
@@ -78,6 +80,40 @@ class CampaignAdmin(TenantAdmin):
             else None,
         }
         return TemplateResponse(request, "admin/campaigns/campaign/explain.html", context)
+
+    def report(self, request, campaign_id):
+        """How the campaign did over a period (C3): per content and segment, day by day."""
+        campaign = self.get_object(request, str(campaign_id))
+        if campaign is None or not self.has_view_permission(request, campaign):
+            raise PermissionDenied
+        today = timezone.now().date()
+        last = _date(request.GET.get("last")) or today
+        first = _date(request.GET.get("first")) or last - timedelta(days=29)
+        report = None
+        if first <= last and (last - first).days < 366:
+            report = campaign_report(campaign=campaign, first=first, last=last)
+            busiest = max((day["impressions"] for day in report["daily"]), default=0) or 1
+            for day in report["daily"]:
+                day["height"] = round(100 * day["impressions"] / busiest)
+            top = max((row["impressions"] for row in report["contents"]), default=0) or 1
+            for row in report["contents"]:
+                row["width"] = round(100 * row["impressions"] / top)
+                for name in ("click_through_rate", "conversion_rate"):
+                    rate = row[name]
+                    row[f"{name}_percent"] = None if rate is None else 100 * rate
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"How {campaign} did",
+            "opts": self.model._meta,
+            "original": campaign,
+            "report": report,
+            "first": first,
+            "last": last,
+            "experiments": Experiment.objects.filter(attachment__campaign=campaign).exclude(
+                status=Experiment.Status.DRAFT
+            ),
+        }
+        return TemplateResponse(request, "admin/campaigns/campaign/report.html", context)
 
     @admin.action(
         description="Build previews of the lookup tables (publish them by hand)",

@@ -51,10 +51,15 @@ def test_a_marketer_reads_the_results_and_ends_the_test(live_server, page, scree
     rng = random.Random(4)
     rates = {"control": 0.05, "ten-off": 0.055, "twenty-off": 0.09}
     events = []
+    shown = {group.key: group.content_id for group in experiment.groups.all()}
+    shown["control"] = campaign.default_content_id
     assignments = Assignment.objects.order_by("visitor_id")
     for visitor, group in assignments.values_list("visitor_id", "group_key"):
         seen = now - timedelta(days=rng.randrange(1, 9))
-        events.append(_event(client, visitor, "delivery", seen, campaign_key="discounts"))
+        events.append(
+            _event(client, visitor, "delivery", seen, campaign_key="discounts",
+                   content_id=shown[group])
+        )  # fmt: skip
         if rng.random() < rates[group]:
             value = Decimal(rng.randrange(40, 200))
             bought = seen + timedelta(hours=1)
@@ -81,6 +86,12 @@ def test_a_marketer_reads_the_results_and_ends_the_test(live_server, page, scree
     attachment.refresh_from_db()
     assert (experiment.status, attachment.content.name) == ("ended", "20% off")
     screenshot("experiment-2-ended")
+
+    page.goto(f"{live_server.url}/admin/campaigns/campaign/{campaign.pk}/change/")
+    page.click("#content-main .object-tools >> text=Report")
+    expect(page.locator("#daily div")).to_have_count(30)
+    expect(page.locator("#report")).to_contain_text("Repeat buyers")
+    screenshot("experiment-3-campaign-report")
 
 
 def _event(client, visitor_id, kind, moment, **fields):
