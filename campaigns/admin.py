@@ -221,6 +221,10 @@ class ExperimentAdmin(TenantAdmin):
             if first <= last
             else None
         )
+        if results and results["holdout"]:
+            holdout = results["holdout"]
+            holdout["campaign_conversion_text"] = _lift_text(holdout["campaign_conversion"])
+            holdout["campaign_revenue_text"] = _lift_text(holdout["campaign_revenue"])
         for row in results["groups"] if results else []:
             rate = row["conversion_rate"]
             row["conversion_percent"] = None if rate is None else 100 * rate

@@ -288,10 +288,30 @@ def experiment_results(*, experiment: Experiment, first: date, last: date) -> di
         "first": first,
         "last": last,
         "groups": table,
-        "holdout": {"visitors": samples[HOLDOUT].visitors} if experiment.holdout_share else None,
+        "holdout": _holdout(samples) if experiment.holdout_share else None,
         "srm_p": srm_p,
         "is_sample_ratio_mismatch": srm_p is not None and srm_p < SRM_P,
         "days_run": days_run,
         "is_long_enough": is_long_enough,
         "suggested_winner": suggestion,
+    }
+
+
+def _holdout(samples: dict[str, Sample]) -> dict:
+    """The holdout against everyone the campaign reached (every group together): the lift of
+    the whole campaign."""
+    holdout = samples[HOLDOUT]
+    reached = [sample for key, sample in samples.items() if key != HOLDOUT]
+    everyone = Sample(
+        sum(sample.visitors for sample in reached),
+        sum(sample.conversions for sample in reached),
+        [revenue for sample in reached for revenue in sample.revenues],
+    )
+    return {
+        "visitors": holdout.visitors,
+        "conversions": holdout.conversions,
+        "conversion_rate": holdout.conversion_rate,
+        "revenue_per_visitor": holdout.revenue_per_visitor,
+        "campaign_conversion": conversion_compare(holdout, everyone),
+        "campaign_revenue": revenue_compare(holdout, everyone),
     }

@@ -228,6 +228,24 @@ def test_a_holdout_sees_nothing(golf):
     held = [visitor for visitor in visitors if groups[visitor] == "holdout"]
     assert 150 <= len(held) <= 250
     assert {_served(campaign, visitor) for visitor in held} == {"nothing"}
+    # The whole campaign against its holdout: a fifth of the reached bought, nobody held out.
+    moment = datetime(2026, 10, 5, 12, tzinfo=UTC)
+    events = [
+        _event(campaign.client, v, "delivery", moment, campaign_key="discounts") for v in visitors
+    ]
+    reached = [v for v in visitors if groups[v] != "holdout"]
+    events += [
+        _event(campaign.client, v, "purchase", moment + timedelta(hours=1), order_id=v, value=10)
+        for v in reached[::5]
+    ]
+    Event.objects.bulk_create(events)
+    results = experiment_results(experiment=golf, first=date(2026, 10, 1), last=date(2026, 10, 9))
+    holdout = results["holdout"]
+    assert (holdout["visitors"], holdout["conversions"]) == (len(held), 0)
+    assert holdout["campaign_conversion"].difference == pytest.approx(
+        len(reached[::5]) / len(reached)
+    )
+    assert holdout["campaign_conversion"].is_significant
 
 
 def _event(client, visitor_id, kind, moment, **fields):
