@@ -517,11 +517,11 @@ def events_load(*, records: list[dict], copy_text: str | None = None) -> int:
                 event_id__in=ids[start : start + 500]
             ).values_list("client_id", "event_id")
         }
-    new = {
-        (record["client"], record["event_id"]): record
-        for record in records
-        if (record["client"], record["event_id"]) not in present
-    }
+    new: dict[tuple, dict] = {}
+    for record in records:  # one event id twice in a slice: the first one is kept
+        key = (record["client"], record["event_id"])
+        if key not in present:
+            new.setdefault(key, record)
     Event.objects.bulk_create(
         [
             Event(client_id=record["client"], **{k: v for k, v in record.items() if k != "client"})
@@ -565,10 +565,12 @@ def _events_copy(copy_text: str) -> int:
             f"SELECT {columns} FROM aggregation_event WITH NO DATA"
         )
         _copy(cursor, f"COPY event_stage ({columns}) FROM STDIN {copy_options}", copy_text)
-        # A file can hold one event id twice (a retried batch inside one file): keep the first.
+        # A file can hold one event id twice (a retried batch inside one file): keep the first
+        # received, as the SQLite path keeps the first in the file.
         cursor.execute(
             f"INSERT INTO aggregation_event ({columns}) "
             f"SELECT DISTINCT ON (client_id, event_id) {columns} FROM event_stage "
+            f"ORDER BY client_id, event_id, received_at "
             f"ON CONFLICT (client_id, event_id) DO NOTHING"
         )
         loaded = cursor.rowcount
