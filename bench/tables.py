@@ -68,27 +68,6 @@ SEGMENTS = {
     "First-time": {"field": "first_time", "op": "is", "value": True},
 }
 CAMPAIGNS = 3
-PROFILE_COLUMNS = [
-    "client_id",
-    "visitor_id",
-    "visits",
-    "page_views",
-    "product_views",
-    "products_viewed",
-    "categories",
-    "cart_adds",
-    "cart_removes",
-    "cart_abandonments",
-    "purchases",
-    "total_spent",
-    "average_order_value",
-    "source",
-    "email",
-    "attributes",
-    "first_seen_at",
-    "last_seen_at",
-    "updated_at",
-]
 
 
 def main() -> None:
@@ -228,12 +207,15 @@ def _profiles_load(client_id: int, total: int) -> None:
     """COPY `total` profiles with varied values (seeded) into the client, then analyse them."""
     from django.db import connection
 
+    from aggregation.services.profiles import PROFILE_FIELDS
+
+    columns = ["client_id", "visitor_id", *PROFILE_FIELDS]
     rng = random.Random(20261122)
     moment = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
     sources = ["direct", "referral", "search", "campaign", "email"]
     # Unquoted empty fields are NULL in CSV; an unknown email is "" here.
     copy = (
-        f"COPY aggregation_profile ({', '.join(PROFILE_COLUMNS)}) FROM STDIN "
+        f"COPY aggregation_profile ({', '.join(columns)}) FROM STDIN "
         "(FORMAT csv, FORCE_NOT_NULL (email))"
     )
     with connection.cursor() as cursor:
