@@ -22,8 +22,8 @@ from aggregation.models import (
 )
 from aggregation.selectors import activity_summary
 from aggregation.services import dead_letter_path, dead_letters, quarantine_requeue
+from aggregation.services.identities import identities_separate
 from aggregation.services.imports import error_report_path, import_job_create
-from aggregation.services.profiles import identities_separate
 from coremetrics.models import Client
 from coremetrics.tenancy import (
     ReadOnlyTenantAdmin,

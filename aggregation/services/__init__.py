@@ -1,21 +1,24 @@
-"""Aggregation's services: ingest and consolidation (consolidation.py), profiles and identity
-stitching (profiles.py), imports (imports.py)."""
+"""Aggregation's services: ingest (ingest.py), consolidation (consolidation.py), profiles
+(profiles.py), identity stitching (identities.py), imports (imports.py)."""
 
 from aggregation.services.consolidation import (
     MAX_FILE_ATTEMPTS,
     SLICE_LINES,
-    CollectResult,
     archives_prune,
-    click_spool,
     consolidation_lock,
     dead_letter_path,
     dead_letters,
-    deliveries_spool,
-    events_collect,
     events_load,
     quarantine_requeue,
     spool_consolidate,
     spool_file_load,
+)
+from aggregation.services.identities import identities_separate, identities_stitch
+from aggregation.services.ingest import (
+    CollectResult,
+    click_spool,
+    deliveries_spool,
+    events_collect,
 )
 from aggregation.services.profiles import (
     profiles_rebuild,
@@ -35,6 +38,8 @@ __all__ = [
     "deliveries_spool",
     "events_collect",
     "events_load",
+    "identities_separate",
+    "identities_stitch",
     "profiles_rebuild",
     "profiles_rebuild_all",
     "profiles_settle",

@@ -149,7 +149,7 @@ def test_a_marketer_separates_a_wrong_join_in_the_console(client, client_a, mark
 
 
 def test_a_separated_visitor_stays_apart_through_a_later_alias(client_a):
-    from aggregation.services.profiles import identities_separate
+    from aggregation.services.identities import identities_separate
 
     first, second, third = visitor_id_issue(), visitor_id_issue(), visitor_id_issue()
     _load([_event(client_a.pk, first, "purchase", 0, order_id="1", value="5.00", email="x@x.io")])
