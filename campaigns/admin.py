@@ -75,7 +75,9 @@ class CampaignAdmin(TenantAdmin):
             "opts": self.model._meta,
             "original": campaign,
             "visitor_id": visitor_id,
-            "explanation": visitor_explain(campaign_id=campaign.pk, visitor_id=visitor_id)
+            "explanation": visitor_explain(
+                campaign_id=campaign.pk, visitor_id=visitor_id, client_id=campaign.client_id
+            )
             if visitor_id
             else None,
         }

@@ -19,14 +19,17 @@ class CampaignExplainView(APIView):
     """GET /api/v1/campaigns/<id>/explain?visitor=<visitor id>"""
 
     def get(self, request: Request, campaign_id: int) -> Response:
-        campaigns = Campaign.objects.all()
-        if not request.user.is_superuser:
-            client = client_of(request)
-            campaigns = campaigns.filter(client=client) if client else campaigns.none()
-        if not campaigns.filter(pk=campaign_id).exists():
+        client = None if request.user.is_superuser else client_of(request)
+        if client is None and not request.user.is_superuser:
             raise NotFound("no such campaign")
         query = ExplainQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
-        return Response(
-            visitor_explain(campaign_id=campaign_id, visitor_id=query.validated_data["visitor"])
-        )
+        try:
+            explanation = visitor_explain(
+                campaign_id=campaign_id,
+                visitor_id=query.validated_data["visitor"],
+                client_id=client.pk if client else None,
+            )
+        except Campaign.DoesNotExist:
+            raise NotFound("no such campaign") from None
+        return Response(explanation)

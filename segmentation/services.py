@@ -376,11 +376,16 @@ def tables_build(*, client_id: int | None = None) -> list[TableVersion]:
     return versions
 
 
-def visitor_explain(*, campaign_id: int, visitor_id: str) -> dict:
+def visitor_explain(*, campaign_id: int, visitor_id: str, client_id: int | None) -> dict:
     """Why a visitor gets what they get in a campaign (B1): the serving version and what its
     table holds for them, and each attachment in priority order with whether the visitor's
-    profile is in its segment now (the next build's answer, if anything changed since)."""
+    profile is in its segment now (the next build's answer, if anything changed since).
+
+    Only a campaign of `client_id` (None: any, for superusers); raises Campaign.DoesNotExist.
+    """
     campaign = campaign_get(campaign_id=campaign_id)
+    if client_id is not None and campaign.client_id != client_id:
+        raise type(campaign).DoesNotExist(campaign_id)
     canonical = canonical_of(client_id=campaign.client_id, visitor_id=visitor_id)
     # What this node serves: its in-memory copy of the published table (no table read).
     view = local_tables().client(campaign.client.public_key)

@@ -271,3 +271,15 @@ def test_failed_builds_never_push_stored_versions_out(campaign, monkeypatch):
 
 def _broken(campaign):
     raise RuntimeError("segment query failed")
+
+
+def test_explain_refuses_a_campaign_of_another_client(campaign):
+    from campaigns.models import Campaign
+    from segmentation.services import visitor_explain
+    from tests.factories import ClientFactory
+
+    with pytest.raises(Campaign.DoesNotExist):
+        visitor_explain(campaign_id=campaign.pk, visitor_id="x", client_id=ClientFactory().pk)
+    assert (
+        visitor_explain(campaign_id=campaign.pk, visitor_id="x", client_id=None)["version"] is None
+    )
