@@ -14,7 +14,14 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from aggregation.records import record_new
 from aggregation.services import spool_consolidate
 from aggregation.spool import spool_append
-from campaigns.models import Attachment, Campaign, Content, Placement
+from campaigns.models import (
+    Attachment,
+    Campaign,
+    Content,
+    Experiment,
+    ExperimentGroup,
+    Placement,
+)
 from coremetrics.demo_shop import DEMO_CLIENT_SLUG, PRODUCTS
 from coremetrics.models import Client, Membership, Site
 from delivery.identity import visitor_id_issue
@@ -76,6 +83,7 @@ def demo_client_seed(*, base_url: str) -> Client:
             segment=segment,
             defaults={"client": client, "content": banner(name, file), "priority": priority},
         )
+    _experiment_seed(client, campaign, banner)
     offer_placement, _ = Placement.objects.update_or_create(
         client=client, key="side-offer", defaults={"name": "Product page offer"}
     )
@@ -92,6 +100,34 @@ def demo_client_seed(*, base_url: str) -> Client:
     _users_seed(client)
     _other_client_seed(base)
     return client
+
+
+def _experiment_seed(client: Client, campaign: Campaign, banner) -> None:
+    """A behavioural segment to look at, and a draft A/B test of the buyers' banner (a draft:
+    the demo's buyers keep seeing their banner until someone starts it)."""
+    Segment.objects.update_or_create(
+        client=client,
+        name="Bought twice in the last 30 days",
+        defaults={
+            "rule": {"event": "purchase", "count": {"op": "gte", "value": 2}, "within_days": 30}
+        },
+    )
+    buyers = Attachment.objects.get(campaign=campaign, segment__name="Bought at least once")
+    experiment, _ = Experiment.objects.get_or_create(
+        client=client,
+        name="Buyers: 15% off or free tees?",
+        defaults={"attachment": buyers, "minimum_days": 14},
+    )
+    for key, name, is_control, content in [
+        ("control", "15% off (as now)", True, buyers.content),
+        ("tees", "Free tees", False, banner("Banner: free tees with any order", "buyer")),
+    ]:
+        ExperimentGroup.objects.update_or_create(
+            experiment=experiment,
+            key=key,
+            defaults={"client": client, "name": name, "is_control": is_control, "share": 5000,
+                      "content": content},
+        )  # fmt: skip
 
 
 def _users_seed(client: Client) -> None:
