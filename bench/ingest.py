@@ -52,6 +52,7 @@ def main() -> None:
             "DATABASE_URL": database_url,
             "COREMETRICS_DATA_DIR": str(data_dir),
             "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-only-secret-key"),
+            "HTTPS": "0",
             "SPOOL_ROTATE_SECONDS": "3600",
             "COLLECT_RATE_PER_SECOND": "10000000",
             "DJANGO_SETTINGS_MODULE": "coremetrics.settings",

@@ -82,6 +82,7 @@ def main() -> None:
             "REDIS_URL": _bench_redis(os.environ["REDIS_URL"]),
             "COREMETRICS_DATA_DIR": str(data_dir),
             "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-only-secret-key"),
+            "HTTPS": "0",
             "DJANGO_SETTINGS_MODULE": "coremetrics.settings",
         }
     )
