@@ -2,11 +2,13 @@ import gzip
 from functools import partial
 
 from django.conf import settings
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import models, transaction
 
-from coremetrics.models import Client, Membership, Site
-from coremetrics.tenancy import client_of, membership_of
+from coremetrics.models import ApiToken, Client, Membership, Site
+from coremetrics.tenancy import TenantAdmin, client_of, is_client_admin, membership_of
+from coremetrics.tokens import api_token_create, api_tokens_revoke
 from delivery.services import manifest_publish
 from delivery.tag import client_tag_config, tag_body, tag_snippet
 
@@ -94,3 +96,53 @@ class MembershipAdmin(admin.ModelAdmin):
     has_view_permission = has_change_permission = has_add_permission = has_delete_permission = (
         lambda self, request, obj=None: request.user.is_superuser
     )
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(TenantAdmin):
+    """A client's API tokens: its admins create them (the key is shown once) and revoke them."""
+
+    list_display = ["name", "prefix", "scope", "created_at", "last_used_at", "revoked_at", "client"]
+    list_filter = ["scope"]
+    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
+    actions = ["revoke"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # A token is never edited: its scope and name are fixed once it exists.
+        if obj is not None:
+            return ["client", "name", "scope", *self.readonly_fields]
+        return self.readonly_fields
+
+    def has_view_permission(self, request, obj=None):
+        return super().has_view_permission(request, obj) and is_client_admin(request)
+
+    def has_add_permission(self, request, obj=None):
+        return is_client_admin(request)
+
+    def has_change_permission(self, request, obj=None):
+        return self.has_view_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # revoked, not deleted: the list keeps what existed
+
+    def has_module_permission(self, request):
+        return is_client_admin(request)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return
+        client = obj.client if request.user.is_superuser else client_of(request)
+        if client is None:
+            raise PermissionDenied
+        token, key = api_token_create(client=client, name=obj.name, scope=obj.scope)
+        obj.pk = token.pk
+        self.message_user(
+            request,
+            f"The key of {token.name}, shown this once: {key}",
+            messages.WARNING,
+        )
+
+    @admin.action(description="Revoke the selected tokens", permissions=["change"])
+    def revoke(self, request, queryset):
+        revoked = api_tokens_revoke(tokens=queryset)
+        self.message_user(request, f"{revoked} token(s) revoked.")

@@ -88,3 +88,27 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} @ {self.client} ({self.role})"
+
+
+class ApiToken(models.Model):
+    """A client's key to the REST API (/api/v1), with a scope; only its hash is stored."""
+
+    class Scope(models.TextChoices):
+        READ = "read", "Read"
+        WRITE = "write", "Read and write"
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, help_text="What uses it, e.g. 'nightly export'.")
+    scope = models.CharField(max_length=5, choices=Scope.choices, default=Scope.READ)
+    prefix = models.CharField(max_length=12, editable=False, help_text="Shown to tell keys apart.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

@@ -198,9 +198,15 @@ COLLECT_MAX_EVENTS = env.int("COLLECT_MAX_EVENTS", default=100)
 COLLECT_RATE_PER_SECOND = env.float("COLLECT_RATE_PER_SECOND", default=2000)
 COLLECT_RATE_BURST_SECONDS = env.float("COLLECT_RATE_BURST_SECONDS", default=5)
 
-# The REST API (/api/v1). Console sessions for now; per-client tokens come with the API issue.
+# The REST API (/api/v1): per-client tokens (coremetrics/tokens.py) or a console session.
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "coremetrics.tokens.ClientTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "coremetrics.tokens.TokenScope",
+    ],
     "UNAUTHENTICATED_USER": None,
 }

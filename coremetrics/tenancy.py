@@ -29,9 +29,21 @@ def membership_of(user) -> Membership | None:
 
 
 def client_of(request: HttpRequest) -> Client | None:
-    """The client whose data this request may see; None for superusers (all) and outsiders."""
+    """The client whose data this request may see; None for superusers (all) and outsiders.
+    An API token's request sees its token's client."""
+    token_client = getattr(request.user, "token", None)
+    if token_client is not None:
+        return request.user.client  # type: ignore[union-attr]
     membership = membership_of(request.user)
     return membership.client if membership is not None else None
+
+
+def is_client_admin(request: HttpRequest) -> bool:
+    """Users, tokens, imports and settings of a client are its admins' (and superusers')."""
+    if request.user.is_superuser:
+        return True
+    membership = membership_of(request.user)
+    return membership is not None and membership.role == Membership.Role.ADMIN
 
 
 def is_editor(request: HttpRequest) -> bool:

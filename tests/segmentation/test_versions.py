@@ -175,7 +175,7 @@ def test_explain_is_sealed_off_from_other_clients(client, campaign):
         reverse("segmentation:campaign-explain", args=[campaign.pk]), {"visitor": "x"}
     )
 
-    assert (api.status_code, page.status_code, anonymous.status_code) == (404, 403, 403)
+    assert (api.status_code, page.status_code, anonymous.status_code) == (404, 403, 401)
 
 
 def test_explain_needs_a_visitor(client, campaign, superuser):
