@@ -135,7 +135,12 @@ class ApiTokenAdmin(TenantAdmin):
         if client is None:
             raise PermissionDenied
         token, key = api_token_create(client=client, name=obj.name, scope=obj.scope)
-        obj.pk = token.pk
+        obj.pk, obj.prefix, obj.client, obj.key_hash = (
+            token.pk,
+            token.prefix,
+            token.client,
+            token.key_hash,
+        )
         self.message_user(
             request,
             f"The key of {token.name}, shown this once: {key}",

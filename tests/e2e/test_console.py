@@ -57,3 +57,26 @@ def test_superuser_sees_every_client_and_the_beat_schedule(live_server, page, sc
     assert "Consolidate the spool" in schedule
     assert "Rebuild the lookup tables" in schedule
     screenshot("console-4-beat-schedule")
+
+
+def test_a_client_admin_creates_an_api_token_and_sees_its_key_once(live_server, page, screenshot):
+    from coremetrics.models import ApiToken, Membership
+    from tests.factories import MembershipFactory, UserFactory
+
+    client = demo_client_seed(base_url=live_server.url)
+    user = UserFactory(username="shop-admin", password=DEMO_PASSWORD, is_staff=True)
+    MembershipFactory(user=user, client=client, role=Membership.Role.ADMIN)
+
+    _login(page, live_server.url, "shop-admin")
+    page.goto(f"{live_server.url}/admin/coremetrics/apitoken/add/")
+    page.fill("#id_name", "nightly export")
+    page.select_option("#id_scope", "read")
+    page.click("input[name=_save]")
+
+    message = page.locator(".messagelist .warning").inner_text()
+    assert message.startswith("The key of nightly export, shown this once: cm_")
+    token = ApiToken.objects.get(client=client)
+    assert token.prefix in message
+    success = page.locator(".messagelist .success").inner_text()
+    assert f"nightly export ({token.prefix}…)" in success
+    screenshot("console-5-api-token-created")
