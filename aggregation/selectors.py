@@ -1,6 +1,7 @@
 from collections import Counter
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.db import connection
 from django.db.models import Count, Q, QuerySet
@@ -110,18 +111,6 @@ def activity_summary(*, client_id: int, first: date, last: date) -> dict:
             .values_list("source", "count")
         )
     )
-    daily = {
-        row["day"]: row
-        for row in events.annotate(day=TruncDate("occurred_at", tzinfo=UTC))
-        .values("day")
-        .annotate(
-            page_views=Count("id", filter=Q(type=Event.Type.PAGE_VIEW)),
-            purchases=Count("id", filter=Q(type=Event.Type.PURCHASE)),
-            visitors=Count("visitor_id", distinct=True),
-        )
-    }
-    days = [first + timedelta(days=offset) for offset in range((last - first).days + 1)]
-    nothing: dict = {}
     return {
         "first": first,
         "last": last,
@@ -137,15 +126,14 @@ def activity_summary(*, client_id: int, first: date, last: date) -> dict:
         "spent": [(label, spent[label]) for label, _ in SPENT_BUCKETS],
         "visits": [(label, visits[label]) for label, _ in VISIT_BUCKETS],
         "sources": [(label, sources[key]) for key, label in Profile.Source.choices],
-        "daily": [
-            {
-                "day": day,
-                "visitors": daily.get(day, nothing).get("visitors", 0),
-                "page_views": daily.get(day, nothing).get("page_views", 0),
-                "purchases": daily.get(day, nothing).get("purchases", 0),
-            }
-            for day in days
-        ],
+        "daily": events_per_day(
+            events=events,
+            first=first,
+            last=last,
+            visitors=Count("visitor_id", distinct=True),
+            page_views=Count("id", filter=Q(type=Event.Type.PAGE_VIEW)),
+            purchases=Count("id", filter=Q(type=Event.Type.PURCHASE)),
+        ),
     }
 
 
@@ -155,3 +143,15 @@ def _bucket(buckets: list, value) -> str:
         if value >= lowest:
             label = name
     return label
+
+
+def events_per_day(*, events: QuerySet[Event], first: date, last: date, **counts) -> list[dict]:
+    """One row per whole UTC day from `first` to `last`: {"day", <each count>}, zeros on days
+    without events. `counts` are aggregates (Count(...)) of the day's events."""
+    rows: Any = events.annotate(day=TruncDate("occurred_at", tzinfo=UTC)).values("day")
+    found = {row["day"]: {name: row[name] for name in counts} for row in rows.annotate(**counts)}
+    empty = dict.fromkeys(counts, 0)
+    return [
+        {"day": day, **found.get(day, empty)}
+        for day in (first + timedelta(days=offset) for offset in range((last - first).days + 1))
+    ]

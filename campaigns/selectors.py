@@ -4,9 +4,9 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import Count, Q, QuerySet
-from django.db.models.functions import TruncDate
 
 from aggregation.models import Event
+from aggregation.selectors import events_per_day
 from campaigns.models import Attachment, Campaign, Content
 
 
@@ -137,27 +137,15 @@ def campaign_report(*, campaign: Campaign, first: date, last: date) -> dict:
         occurred_at__gte=start,
         occurred_at__lt=end,
     )
-    daily = {
-        row["day"]: row
-        for row in events.annotate(day=TruncDate("occurred_at", tzinfo=UTC))
-        .values("day")
-        .annotate(
-            impressions=Count("id", filter=Q(type=Event.Type.DELIVERY)),
-            clicks=Count("id", filter=Q(type=Event.Type.CLICK)),
-        )
-    }
-    nothing: dict = {}
-    days = [first + timedelta(days=offset) for offset in range((last - first).days + 1)]
     return {
         "first": first,
         "last": last,
         "contents": contents,
-        "daily": [
-            {
-                "day": day,
-                "impressions": daily.get(day, nothing).get("impressions", 0),
-                "clicks": daily.get(day, nothing).get("clicks", 0),
-            }
-            for day in days
-        ],
+        "daily": events_per_day(
+            events=events,
+            first=first,
+            last=last,
+            impressions=Count("id", filter=Q(type=Event.Type.DELIVERY)),
+            clicks=Count("id", filter=Q(type=Event.Type.CLICK)),
+        ),
     }

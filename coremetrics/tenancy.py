@@ -31,8 +31,7 @@ def membership_of(user) -> Membership | None:
 def client_of(request: HttpRequest) -> Client | None:
     """The client whose data this request may see; None for superusers (all) and outsiders.
     An API token's request sees its token's client."""
-    token_client = getattr(request.user, "token", None)
-    if token_client is not None:
+    if getattr(request.user, "token", None) is not None:  # coremetrics.tokens.TokenPrincipal
         return request.user.client  # type: ignore[union-attr]
     membership = membership_of(request.user)
     return membership.client if membership is not None else None

@@ -41,7 +41,6 @@ def click_token(
             "u": target,
         },
         salt=SALT,
-        compress=True,
     )
 
 

@@ -76,9 +76,8 @@ class TableContent:
     visitors: dict[str, int]
     segment_counts: dict[str, int]
     segment_seconds: dict[str, float] = field(default_factory=dict)
-    # Visitors in two attachments' segments: (winner's attachment, the other's) -> how many.
-    overlaps: Counter[tuple[int, int]] = field(default_factory=Counter)
-    overlap_rows: list[dict] = field(default_factory=list)
+    # Visitors in two attachments' segments: [{winner, other, visitors}].
+    overlaps: list[dict] = field(default_factory=list)
     # A/B tests: experiment id -> visitor id -> group key, for the visitors the test decides.
     assignments: dict[int, dict[str, str]] = field(default_factory=dict)
 
@@ -100,6 +99,8 @@ def _table_compute(campaign) -> TableContent:
     splits = experiment_splits(attachment_ids=[attachment.pk for attachment in attachments])
     # visitor -> index of the attachment that gives them their content (the first that matched)
     winners: dict[str, int] = {}
+    # (winner's attachment, the other's) -> visitors in both segments
+    overlaps: Counter[tuple[int, int]] = Counter()
     for index, attachment in enumerate(attachments):
         started = time.perf_counter()
         try:
@@ -119,7 +120,7 @@ def _table_compute(campaign) -> TableContent:
             matched += 1
             winner = winners.setdefault(visitor_id, index)
             if winner != index:
-                table.overlaps[(winner, index)] += 1
+                overlaps[(winner, index)] += 1
             elif split is None:
                 table.visitors[visitor_id] = attachment.content_id
             else:
@@ -137,13 +138,13 @@ def _table_compute(campaign) -> TableContent:
             )
             if NOTHING in split.shows.values():
                 table.contents[NOTHING_ID] = None
-    table.overlap_rows = [
+    table.overlaps = [
         {
             "winner": _attachment_label(attachments[winner]),
             "other": _attachment_label(attachments[other]),
             "visitors": count,
         }
-        for (winner, other), count in sorted(table.overlaps.items())
+        for (winner, other), count in sorted(overlaps.items())
     ]
     # A visitor joined to another's profile (same email) gets what that profile gets.
     for alias, canonical in visitor_links(client_id=campaign.client_id).items():
@@ -237,7 +238,7 @@ def _describe(version: TableVersion, table: TableContent, *, campaign, serving) 
     version.visitor_count = len(table.visitors)
     version.segment_counts = table.segment_counts
     version.segment_seconds = table.segment_seconds
-    version.overlaps = table.overlap_rows
+    version.overlaps = table.overlaps
     version.content_counts = {
         names[ident]: count for ident, count in Counter(table.visitors.values()).items()
     }

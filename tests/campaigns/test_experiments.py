@@ -1,6 +1,5 @@
 """A/B tests in the table build and their results (C1): the golf shop's test of discounts."""
 
-import uuid
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -20,7 +19,7 @@ from campaigns.services import (
 )
 from delivery.tables import local_tables
 from segmentation.services import table_build
-from tests.factories import AttachmentFactory, CampaignFactory, ContentFactory
+from tests.factories import AttachmentFactory, CampaignFactory, ContentFactory, EventFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -249,12 +248,7 @@ def test_a_holdout_sees_nothing(golf):
 
 
 def _event(client, visitor_id, kind, moment, **fields):
-    return Event(
-        client=client,
-        event_id=uuid.uuid4(),
-        visitor_id=visitor_id,
-        type=kind,
-        occurred_at=moment,
-        received_at=moment,
+    return EventFactory.build(
+        client=client, visitor_id=visitor_id, type=kind, occurred_at=moment, received_at=moment,
         **fields,
-    )
+    )  # fmt: skip

@@ -1,15 +1,13 @@
 """A campaign's effectiveness report (C3): per content and segment, day by day."""
 
-import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
 from django.urls import reverse
 
-from aggregation.models import Event
 from campaigns.selectors import campaign_report
-from tests.factories import AttachmentFactory, CampaignFactory, MembershipFactory
+from tests.factories import AttachmentFactory, CampaignFactory, EventFactory, MembershipFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -19,9 +17,9 @@ def _at(day, hour=12):
 
 
 def _event(campaign, visitor, kind, moment, **fields):
-    Event.objects.create(
-        client=campaign.client, event_id=uuid.uuid4(), visitor_id=visitor, type=kind,
-        occurred_at=moment, received_at=moment, **fields,
+    EventFactory(
+        client=campaign.client, visitor_id=visitor, type=kind, occurred_at=moment,
+        received_at=moment, **fields,
     )  # fmt: skip
 
 

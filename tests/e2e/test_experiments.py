@@ -1,7 +1,6 @@
 """An A/B test's results in a real browser (C1): lift, intervals, the end with a winner."""
 
 import random
-import uuid
 from datetime import timedelta
 from decimal import Decimal
 
@@ -14,7 +13,7 @@ from campaigns.models import Assignment, Experiment, ExperimentGroup
 from campaigns.services import experiment_start
 from coremetrics.demo_data import DEMO_PASSWORD, demo_client_seed
 from segmentation.services import table_build
-from tests.factories import AttachmentFactory, CampaignFactory, ContentFactory
+from tests.factories import AttachmentFactory, CampaignFactory, ContentFactory, EventFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -95,12 +94,7 @@ def test_a_marketer_reads_the_results_and_ends_the_test(live_server, page, scree
 
 
 def _event(client, visitor_id, kind, moment, **fields):
-    return Event(
-        client=client,
-        event_id=uuid.uuid4(),
-        visitor_id=visitor_id,
-        type=kind,
-        occurred_at=moment,
-        received_at=moment,
+    return EventFactory.build(
+        client=client, visitor_id=visitor_id, type=kind, occurred_at=moment, received_at=moment,
         **fields,
-    )
+    )  # fmt: skip
