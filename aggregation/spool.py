@@ -25,7 +25,17 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import orjson
 from django.conf import settings
+
+
+def _line(record: dict) -> bytes:
+    try:
+        return orjson.dumps(record) + b"\n"
+    except TypeError:
+        # orjson refuses lone surrogates; json writes them as escapes the loader then rejects
+        # with a reason, so the line reaches the dead letters instead of vanishing.
+        return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
 def spool_paths(root: Path | None = None) -> dict[str, Path]:
@@ -48,10 +58,7 @@ class SpoolWriter:
 
     def append(self, records: Iterable[dict]) -> None:
         """Write the records as one append; raises OSError when the disk refuses."""
-        data = b"".join(
-            json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-            for record in records
-        )
+        data = b"".join(_line(record) for record in records)
         if not data:
             return
         with self._lock:

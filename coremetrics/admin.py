@@ -27,7 +27,8 @@ class SiteInline(admin.TabularInline):
 
 @admin.register(Client)
 class ClientAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "public_key", "is_active"]
+    list_display = ["name", "slug", "public_key", "is_active", "is_heavy"]
+    list_filter = ["is_heavy"]
     search_fields = ["name", "slug"]
     readonly_fields = ["public_key", "created_at"]
     inlines = [SiteInline]
@@ -51,8 +52,8 @@ class ClientAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         fields = list(super().get_readonly_fields(request, obj))
-        # Switching a client on or off is the operator's decision, not the client's.
-        return fields if request.user.is_superuser else [*fields, "is_active"]
+        # Switching a client on or off, and how nginx routes it, are the operator's decisions.
+        return fields if request.user.is_superuser else [*fields, "is_active", "is_heavy"]
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)

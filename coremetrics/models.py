@@ -45,6 +45,14 @@ class Client(models.Model):
         help_text="Placements keep their default content if no answer comes within this time.",
     )
     is_active = models.BooleanField(default=True)
+    is_heavy = models.BooleanField(
+        "heavy client",
+        default=False,
+        help_text="Too much traffic for one delivery node: nginx routes its queries by campaign "
+        "(client key and placements) instead of by client, spreading them over the nodes. "
+        "Takes effect when the nginx configuration is rendered again (manage.py nginx_config) "
+        "and nginx reloaded.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -1,5 +1,6 @@
 """Settings: everything comes from the environment (documented in docs/configuration.md)."""
 
+import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -183,6 +184,11 @@ PUBLIC_BASE_URL = env("PUBLIC_BASE_URL", default="")
 
 # Delivery (D2): how often a node checks whether a newer table version was published.
 DELIVERY_REFRESH_SECONDS = env.float("DELIVERY_REFRESH_SECONDS", default=1.0)
+# This node's copy of the published tables (memory-mapped by its web processes, read back
+# after a restart): a local disk, never a shared one.
+DELIVERY_NODE_DIR = Path(env("DELIVERY_NODE_DIR", default=str(DATA_DIR / "node")))
+# Named in every delivery answer's X-Coremetrics-Node header, to tell nodes apart.
+NODE_NAME = env("NODE_NAME", default=socket.gethostname())
 TABLE_STORE_DIR = Path(env("TABLE_STORE_DIR", default=str(DATA_DIR / "tables")))
 TABLE_VERSIONS_KEPT = env.int("TABLE_VERSIONS_KEPT", default=5)
 

@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import re
 import secrets
+from functools import lru_cache
 
 from django.conf import settings
 from django.utils.crypto import constant_time_compare, salted_hmac
@@ -24,20 +25,35 @@ def _visitor_mac(token: str, secret: str | None = None) -> str:
     return salted_hmac("coremetrics.visitor", token, secret=secret).hexdigest()[:10]
 
 
+# Ids this process has checked lately: most queries come from a visitor seen a moment ago, and
+# a hit skips the HMAC (about 4 us of the query's budget). Only valid ids are kept, so made-up
+# ids cannot fill it with anything but their own misses.
+_valid_ids: dict[str, bool] = {}
+VALID_IDS_KEPT = 100_000
+
+
 def visitor_id_issue() -> str:
     token = secrets.token_urlsafe(15)
     return f"{token}.{_visitor_mac(token)}"
 
 
 def visitor_id_is_valid(visitor_id: str) -> bool:
+    if visitor_id in _valid_ids:
+        return True
     if not VISITOR_ID_RE.fullmatch(visitor_id):
         return False
     token, mac = visitor_id.split(".")
     # Ids issued under a retired key stay valid while it is listed in SECRET_KEY_FALLBACKS.
     secrets_known = [settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS]
-    return any(constant_time_compare(mac, _visitor_mac(token, secret)) for secret in secrets_known)
+    if not any(constant_time_compare(mac, _visitor_mac(token, secret)) for secret in secrets_known):
+        return False
+    if len(_valid_ids) >= VALID_IDS_KEPT:
+        _valid_ids.clear()
+    _valid_ids[visitor_id] = True
+    return True
 
 
+@lru_cache(maxsize=65_536)
 def ip_truncate(ip: str) -> str:
     """Keep the network, drop the host: /24 for IPv4, /48 for IPv6; '' when not an address."""
     try:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-import orjson
 from django.db import connection
 from psycopg2.extras import Json, execute_values
 
 from campaigns.selectors import campaigns_active, content_answer
 from coremetrics.models import Client
 from delivery.models import Visitor
-from delivery.tables import store_get
+from delivery.tables import Table, store_get, table_decode, table_encode
 from delivery.tag import client_tag_config
 from segmentation.selectors import table_versions_serving
 
@@ -42,22 +42,28 @@ def manifest_publish(*, client_id: int) -> dict:
     return manifest
 
 
-def table_store(*, campaign_id: int, version: int, table: dict) -> None:
-    """Write one table version (immutable); it serves once a manifest names it.
+def table_store(
+    *,
+    campaign_id: int,
+    version: int,
+    contents: Mapping[int, dict | None],
+    visitors: Mapping[str, int],
+) -> None:
+    """Write one table version (immutable); it serves once a manifest names it."""
+    data = table_encode(
+        campaign_id=campaign_id, version=version, contents=contents, visitors=visitors
+    )
+    store_get().table_put(campaign_id, version, data)
 
-    orjson, unsorted: a million visitors take 0.3 s instead of about 5 with sorted json.
-    """
-    store_get().table_put(campaign_id, version, orjson.dumps(table))
 
-
-def table_read(*, campaign_id: int, version: int) -> dict | None:
+def table_read(*, campaign_id: int, version: int) -> Table | None:
     """A stored table version, or None when the store no longer has it."""
     data = store_get().table_get(campaign_id, version)
-    return json.loads(data) if data is not None else None
+    return table_decode(data) if data is not None else None
 
 
 def table_exists(*, campaign_id: int, version: int) -> bool:
-    return store_get().table_get(campaign_id, version) is not None
+    return store_get().table_exists(campaign_id, version)
 
 
 def table_discard(*, campaign_id: int, version: int) -> None:

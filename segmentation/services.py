@@ -198,12 +198,8 @@ def table_build(*, campaign_id: int, publish: bool = True) -> TableVersion:
         table_store(
             campaign_id=campaign.pk,
             version=number,
-            table={
-                "campaign_id": campaign.pk,
-                "version": number,
-                "contents": {str(ident): answer for ident, answer in table.contents.items()},
-                "visitors": table.visitors,
-            },
+            contents=table.contents,
+            visitors=table.visitors,
         )
         _describe(version, table, campaign=campaign, serving=serving)
         for experiment_id, groups in table.assignments.items():
@@ -248,16 +244,16 @@ def _describe(version: TableVersion, table: TableContent, *, campaign, serving) 
         old = table_read(campaign_id=campaign.pk, version=serving.number)
         if old is not None:
             version.diff = table_diff(
-                old_visitors=old["visitors"],
+                old_visitors=old.visitors.to_dict(),
                 new_visitors=table.visitors,
-                names={**_names(old["contents"]), **names},
+                names={**_names(old.contents), **names},
                 default=campaign.default_content.name if campaign.default_content else None,
             )
             version.diff_against = serving.number
 
 
-def _names(contents: dict) -> dict[int, str]:
-    return {int(ident): answer["name"] for ident, answer in contents.items() if answer}
+def _names(contents: dict[int, dict | None]) -> dict[int, str]:
+    return {ident: answer["name"] for ident, answer in contents.items() if answer}
 
 
 DEFAULT_LABEL = "the default"

@@ -22,6 +22,7 @@ def isolated_storage(settings, tmp_path):
     settings.DATA_DIR = tmp_path
     settings.SPOOL_DIR = tmp_path / "spool"
     settings.TABLE_STORE_DIR = tmp_path / "tables"
+    settings.DELIVERY_NODE_DIR = tmp_path / "node"
     settings.DELIVERY_REFRESH_SECONDS = 0
     # Hashing cost is not under test; the default hasher costs ~0.3 s per user made.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

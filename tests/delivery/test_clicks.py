@@ -1,5 +1,7 @@
 """Click-through links (D1): recorded, and only ever to the address stored for the content."""
 
+from urllib.parse import parse_qs, urlsplit
+
 import pytest
 from django.core import signing
 from django.urls import reverse
@@ -7,7 +9,10 @@ from django.urls import reverse
 from aggregation.models import Event
 from aggregation.services import spool_consolidate
 from delivery.clicks import SALT, click_read, click_token
+from delivery.identity import visitor_id_issue
+from segmentation.services import table_build
 from tests.delivery.test_query import QUERY
+from tests.factories import ProfileFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -41,26 +46,48 @@ def test_a_click_is_recorded_and_goes_to_the_stored_address(client, published):
     assert click.referrer == "https://shop.example/"
 
 
+def _params(link):
+    return {name: values[0] for name, values in parse_qs(urlsplit(link).query).items()}
+
+
 def test_no_link_can_send_the_browser_elsewhere(client, published):
     attachment, buyer = published
-    token = _link(client, attachment, buyer.visitor_id).split("?t=")[1]
-    data = click_read(token)
+    params = _params(_link(client, attachment, buyer.visitor_id))
+    token = params["t"]
+    data = signing.loads(token, salt=SALT)
     forged = signing.dumps({**data, "u": "https://evil.example/"}, salt="another-salt")
     other_key = signing.dumps({**data, "u": "https://evil.example/"}, salt=SALT, key="guessed")
 
     answers = [
-        client.get(CLICK, {"t": token[:-3] + "abc"}),
-        client.get(CLICK, {"t": forged}),
-        client.get(CLICK, {"t": other_key}),
-        client.get(CLICK, {"t": token, "u": "https://evil.example/"}),  # extra parameters: ignored
+        client.get(CLICK, {**params, "t": token[:-3] + "abc"}),
+        client.get(CLICK, {**params, "t": forged}),
+        client.get(CLICK, {**params, "t": other_key}),
+        client.get(CLICK, {**params, "u": "https://evil.example/"}),  # extra parameters: ignored
+        client.get(CLICK, {**params, "v": "made-up-visitor"}),
+        client.get(CLICK, {**params, "s": "<script>"}),
         client.get(CLICK),
     ]
 
-    assert [answer.status_code for answer in answers] == [400, 400, 400, 302, 400]
+    assert [answer.status_code for answer in answers] == [400, 400, 400, 302, 400, 400, 400]
     assert answers[3]["Location"] == attachment.content.click_url
-    assert answers[0].content == b"this is not a click-through link of this server\n"
+    assert [answers[0].content, answers[4].content, answers[5].content] == [
+        b"this is not a click-through link of this server\n",
+        b"v is not a visitor id issued by this server\n",
+        b"s is not a session id\n",
+    ]
     spool_consolidate()
     assert Event.objects.filter(type="click").count() == 1
+
+
+def test_a_node_signs_a_contents_link_once_and_every_visitor_gets_their_own(client, published):
+    attachment, buyer = published
+    other = ProfileFactory(client=attachment.client, purchases=1).visitor_id
+    table_build(campaign_id=attachment.campaign_id)
+
+    first, second = _link(client, attachment, buyer.visitor_id), _link(client, attachment, other)
+
+    assert _params(first)["t"] == _params(second)["t"]
+    assert (_params(first)["v"], _params(second)["v"]) == (buyer.visitor_id, other)
 
 
 def test_an_old_link_has_expired(client, published, monkeypatch):
@@ -90,19 +117,14 @@ def test_without_consent_the_link_is_the_plain_address(client, published):
 
 def test_tokens_round_trip():
     token = click_token(
-        client_key="k",
-        visitor_id="v",
-        session_id="s",
-        campaign_key="c",
-        content_id=3,
-        version=2,
-        target="https://shop.example/x",
+        client_key="k", campaign_key="c", content_id=3, version=2, target="https://shop.example/x"
     )
+    visitor_id = visitor_id_issue()
 
-    assert click_read(token) == {
+    assert click_read(token, visitor_id=visitor_id, session_id="5f0e1a2b.0123456789ab") == {
         "k": "k",
-        "v": "v",
-        "s": "s",
+        "v": visitor_id,
+        "s": "5f0e1a2b.0123456789ab",
         "c": "c",
         "n": 3,
         "t": 2,

@@ -22,21 +22,25 @@ def _spooled(settings) -> list[dict]:
 
 
 def test_query_answers_from_published_table_without_database(
-    client, published, django_assert_num_queries
+    query_client, published, django_assert_num_queries
 ):
     attachment, buyer = published
     campaign = attachment.campaign
     params = {"k": campaign.client.public_key, "v": buyer.visitor_id, "p": campaign.placement.key}
 
     with django_assert_num_queries(0):
-        response = client.get(QUERY, params)
+        response = query_client.get(QUERY, params)
 
     assert response.status_code == 200
     data = response.json()
     assert data["visitor"] == buyer.visitor_id
     link = data["placements"][0]["content"].pop("click_url")
     assert link.startswith("http://testserver/d/v1/click?t=")
-    assert click_read(link.split("?t=")[1])["u"] == attachment.content.click_url
+    token, rest = link.split("?t=")[1].split("&v=")
+    assert rest.startswith(f"{buyer.visitor_id}&s={data['session']}")
+    assert click_read(token, visitor_id=buyer.visitor_id, session_id=data["session"])["u"] == (
+        attachment.content.click_url
+    )
     assert data["placements"] == [
         {
             "placement": campaign.placement.key,
@@ -55,12 +59,14 @@ def test_query_answers_from_published_table_without_database(
     ]
 
 
-def test_unknown_visitor_gets_default_content_and_answer_is_recorded(client, published, settings):
+def test_unknown_visitor_gets_default_content_and_answer_is_recorded(
+    query_client, published, settings
+):
     attachment, _ = published
     campaign = attachment.campaign
     visitor_id = visitor_id_issue()
 
-    response = client.get(
+    response = query_client.get(
         QUERY,
         {
             "k": campaign.client.public_key,
@@ -90,11 +96,11 @@ def test_unknown_visitor_gets_default_content_and_answer_is_recorded(client, pub
     assert record["session_id"] == response.json()["session"]
 
 
-def test_campaign_without_table_answers_default_once_manifest_published(client):
+def test_campaign_without_table_answers_default_once_manifest_published(query_client):
     campaign = CampaignFactory()
     manifest_publish(client_id=campaign.client_id)
 
-    response = client.get(
+    response = query_client.get(
         QUERY,
         {"k": campaign.client.public_key, "v": visitor_id_issue(), "p": campaign.placement.key},
     )
@@ -104,26 +110,26 @@ def test_campaign_without_table_answers_default_once_manifest_published(client):
     assert answer["content"]["id"] == campaign.default_content_id
 
 
-def test_session_kept_while_fresh_and_renewed_when_idle(client, published):
+def test_session_kept_while_fresh_and_renewed_when_idle(query_client, published):
     attachment, buyer = published
     params = {"k": attachment.client.public_key, "v": buyer.visitor_id}
-    first = client.get(QUERY, params).json()["session"]
+    first = query_client.get(QUERY, params).json()["session"]
 
-    kept = client.get(QUERY, {**params, "s": first, "i": "60"}).json()["session"]
-    renewed = client.get(QUERY, {**params, "s": first, "i": str(31 * 60)}).json()["session"]
+    kept = query_client.get(QUERY, {**params, "s": first, "i": "60"}).json()["session"]
+    renewed = query_client.get(QUERY, {**params, "s": first, "i": str(31 * 60)}).json()["session"]
 
     assert kept == first
     assert renewed != first
 
 
-def test_cors_allows_registered_origins_only(client, published):
+def test_cors_allows_registered_origins_only(query_client, published):
     attachment, buyer = published
     SiteFactory(client=attachment.client, origin="https://portal.example")
     manifest_publish(client_id=attachment.client_id)
     params = {"k": attachment.client.public_key, "v": buyer.visitor_id}
 
-    allowed = client.get(QUERY, params, HTTP_ORIGIN="https://portal.example")
-    refused = client.get(QUERY, params, HTTP_ORIGIN="https://evil.example")
+    allowed = query_client.get(QUERY, params, HTTP_ORIGIN="https://portal.example")
+    refused = query_client.get(QUERY, params, HTTP_ORIGIN="https://evil.example")
 
     assert allowed["Access-Control-Allow-Origin"] == "https://portal.example"
     assert "Access-Control-Allow-Origin" not in refused
@@ -150,33 +156,33 @@ def test_cors_allows_registered_origins_only(client, published):
     ],
 )  # fmt: skip
 def test_bad_query_is_refused_with_reason_and_not_recorded(
-    client, published, settings, params, status, error
+    query_client, published, settings, params, status, error
 ):
     attachment, buyer = published
     replace = {"KEY": attachment.client.public_key, "VID": buyer.visitor_id}
     params = {name: replace.get(value, value) for name, value in params.items()}
 
-    response = client.get(QUERY, params)
+    response = query_client.get(QUERY, params)
 
     assert (response.status_code, response.json()) == (status, {"error": error})
     assert _spooled(settings) == []
 
 
-def test_query_rejects_post(client, published):
+def test_query_rejects_post(query_client, published):
     attachment, buyer = published
 
-    response = client.post(f"{QUERY}?k={attachment.client.public_key}&v={buyer.visitor_id}")
+    response = query_client.post(f"{QUERY}?k={attachment.client.public_key}&v={buyer.visitor_id}")
 
     assert response.status_code == 405
 
 
-def test_deactivated_client_serves_no_campaigns(client, published):
+def test_deactivated_client_serves_no_campaigns(query_client, published):
     attachment, buyer = published
     attachment.client.is_active = False
     attachment.client.save(update_fields=["is_active"])
     manifest_publish(client_id=attachment.client_id)
 
-    response = client.get(
+    response = query_client.get(
         QUERY,
         {
             "k": attachment.client.public_key,
@@ -201,11 +207,11 @@ def test_visitor_endpoint_issues_valid_unique_ids(client):
     assert client.post(reverse("delivery:visitor-issue") + "?k=cm_nobody").status_code == 404
 
 
-def test_anonymous_query_answers_defaults_and_records_nothing(client, published, settings):
+def test_anonymous_query_answers_defaults_and_records_nothing(query_client, published, settings):
     attachment, buyer = published
     params = {"k": attachment.client.public_key, "a": "1", "p": attachment.campaign.placement.key}
 
-    response = client.get(QUERY, {**params, "v": buyer.visitor_id})
+    response = query_client.get(QUERY, {**params, "v": buyer.visitor_id})
 
     data = response.json()
     assert (data["visitor"], data["session"]) == (None, None)

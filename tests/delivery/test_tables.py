@@ -1,11 +1,10 @@
 import json
 import logging
 import threading
-from types import SimpleNamespace
+import time
 
 import pytest
 
-from delivery import tables
 from delivery.tables import (
     ClientView,
     FileTableStore,
@@ -13,6 +12,9 @@ from delivery.tables import (
     PlacementView,
     RedisTableStore,
     Table,
+    TableFormatError,
+    table_decode,
+    table_encode,
 )
 
 PUBLIC_KEY = "pk-shop"
@@ -64,13 +66,11 @@ def _manifest(version, *, campaign_id=CAMPAIGN_ID):
 
 def _table(version, visitors=VISITORS):
     """A table whose every visitor gets the content numbered like the version."""
-    return _dumps(
-        {
-            "campaign_id": CAMPAIGN_ID,
-            "version": version,
-            "contents": {"1000": DEFAULT, str(version): _answer(version)},
-            "visitors": dict.fromkeys(visitors, version),
-        }
+    return table_encode(
+        campaign_id=CAMPAIGN_ID,
+        version=version,
+        contents={1000: DEFAULT, version: _answer(version)},
+        visitors=dict.fromkeys(visitors, version),
     )
 
 
@@ -91,42 +91,53 @@ def store(request, settings, tmp_path):
 
 
 class UnreachableStore:
-    """The store behind a network that can fail, as a delivery node sees it."""
+    """The store behind a network that can fail, as a delivery node sees it; it notes which
+    threads called it."""
 
     def __init__(self, store):
         self.store = store
         self.is_down = False
+        self.callers = set()
 
-    def manifest_get(self, public_key):
-        if self.is_down:
-            raise ConnectionError("table store unreachable")
-        return self.store.manifest_get(public_key)
+    def __getattr__(self, name):
+        method = getattr(self.store, name)
 
-    def table_get(self, campaign_id, version):
-        if self.is_down:
-            raise ConnectionError("table store unreachable")
-        return self.store.table_get(campaign_id, version)
+        def call(*args):
+            self.callers.add(threading.current_thread().name)
+            if self.is_down:
+                raise ConnectionError("table store unreachable")
+            return method(*args)
+
+        return call
 
 
-@pytest.fixture
-def clock(monkeypatch):
-    now = SimpleNamespace(value=1000.0)
-    monkeypatch.setattr(tables, "time", SimpleNamespace(monotonic=lambda: now.value))
-    return now
+def _eventually(check, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.01)
 
 
 def test_store_answers_none_for_what_was_never_put(store):
     assert store.manifest_get(PUBLIC_KEY) is None
+    assert store.manifests_all() == {}
     assert store.table_get(CAMPAIGN_ID, 1) is None
+    assert store.table_exists(CAMPAIGN_ID, 1) is False
 
 
-def test_store_keeps_manifests_by_public_key(store):
+def test_store_keeps_manifests_by_public_key_and_moves_the_version_on_each_write(store):
+    versions = [store.manifests_version()]
     store.manifest_put(PUBLIC_KEY, b'{"v":1}')
+    versions.append(store.manifests_version())
     store.manifest_put("pk-other", b'{"v":9}')
+    versions.append(store.manifests_version())
     store.manifest_put(PUBLIC_KEY, b'{"v":2}')
+    versions.append(store.manifests_version())
 
     assert store.manifest_get(PUBLIC_KEY) == b'{"v":2}'
-    assert store.manifest_get("pk-other") == b'{"v":9}'
+    assert store.manifests_all() == {PUBLIC_KEY: b'{"v":2}', "pk-other": b'{"v":9}'}
+    assert len(set(versions)) == 4
+    assert store.manifests_version() == versions[-1]
 
 
 def test_store_keeps_tables_by_campaign_and_version(store):
@@ -137,6 +148,7 @@ def test_store_keeps_tables_by_campaign_and_version(store):
     assert store.table_get(CAMPAIGN_ID, 1) == b"one"
     assert store.table_get(CAMPAIGN_ID, 2) == b"two"
     assert store.table_get(8, 1) == b"other"
+    assert store.table_exists(8, 1) is True
 
 
 def test_store_deletes_one_table_version(store):
@@ -148,6 +160,43 @@ def test_store_deletes_one_table_version(store):
 
     assert store.table_get(CAMPAIGN_ID, 1) is None
     assert store.table_get(CAMPAIGN_ID, 2) == b"two"
+
+
+def test_a_table_round_trips_through_its_stored_form():
+    visitors = {"bob": 2, "ann": 1, "a-much-longer-visitor-id.0123456789": 0, "zed": 4_000_000_000}
+    contents = {1: _answer(1), 2: _answer(2), 0: None}
+
+    table = table_decode(
+        table_encode(campaign_id=7, version=3, contents=contents, visitors=visitors)
+    )
+
+    assert (table.campaign_id, table.version, table.contents) == (7, 3, contents)
+    assert table.visitors.to_dict() == visitors
+    assert [table.visitors.get(v) for v in ["ann", "bob", "zed", "an", "annn", "", "b" * 99]] == [
+        1,
+        2,
+        4_000_000_000,
+        None,
+        None,
+        None,
+        None,
+    ]
+    assert "ann" in table.visitors and "anne" not in table.visitors
+    assert len(table.visitors) == 4
+
+
+def test_an_empty_table_answers_nothing():
+    table = table_decode(table_encode(campaign_id=7, version=1, contents={}, visitors={}))
+
+    assert (len(table.visitors), table.visitors.get("ann")) == (0, None)
+
+
+def test_a_truncated_or_foreign_blob_is_refused():
+    data = _table(1)
+
+    for blob in [data[:-1], b'{"visitors": {}}', b"CMT1" + b"\xff" * 8, b""]:
+        with pytest.raises(TableFormatError):
+            table_decode(blob)
 
 
 def test_local_tables_loads_manifest_and_table(store):
@@ -201,41 +250,64 @@ def test_local_tables_serves_a_new_version_on_the_next_call(store):
     assert _served(local.client(PUBLIC_KEY)) == 2
 
 
-def test_local_tables_checks_the_store_once_per_interval(store, clock):
-    local = LocalTables(store, 60)
+def test_a_node_process_follows_publishes_in_the_background_and_requests_never_wait(
+    store, tmp_path
+):
+    watched = UnreachableStore(store)
     _publish(store, 1)
+    local = LocalTables(watched, 0.02, tmp_path / "node")
+    _eventually(lambda: local.client(PUBLIC_KEY) is not None)
     assert _served(local.client(PUBLIC_KEY)) == 1
 
     _publish(store, 2)
-    clock.value += 59.9
-    assert _served(local.client(PUBLIC_KEY)) == 1
+    _eventually(lambda: _served(local.client(PUBLIC_KEY)) == 2)
 
-    clock.value += 0.1
-    assert _served(local.client(PUBLIC_KEY)) == 2
+    assert watched.callers == {"delivery-tables"}
 
 
-def test_local_tables_keeps_serving_while_the_store_is_unreachable(store, clock, caplog):
+def test_a_node_keeps_serving_while_the_store_is_unreachable(store, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="delivery.tables")
     unreachable = UnreachableStore(store)
-    local = LocalTables(unreachable, 60)
+    local = LocalTables(unreachable, 0.01, tmp_path / "node")
     _publish(store, 1)
+    _eventually(lambda: local.client(PUBLIC_KEY) is not None)
     held = local.client(PUBLIC_KEY)
 
     unreachable.is_down = True
     _publish(store, 2)
-    during = []
-    for _ in range(2):
-        clock.value += 60
-        during += [local.client(PUBLIC_KEY), local.client(PUBLIC_KEY)]
+    time.sleep(0.2)
+    during = [local.client(PUBLIC_KEY) for _ in range(3)]
 
-    assert during == [held] * 4
+    assert during == [held] * 3
+    # Once per minute of outage, not once per check.
     assert [record.getMessage() for record in caplog.records] == [
         "table store unreachable; serving the copy held"
-    ] * 2
-
+    ]
     unreachable.is_down = False
-    clock.value += 60
-    assert _served(local.client(PUBLIC_KEY)) == 2
+    _eventually(lambda: _served(local.client(PUBLIC_KEY)) == 2)
+
+
+def test_a_restarted_node_serves_its_local_copy_at_once_even_without_the_store(store, tmp_path):
+    _publish(store, 1)
+    first = LocalTables(store, 0, tmp_path / "node")
+    assert _served(first.client(PUBLIC_KEY)) == 1
+
+    unreachable = UnreachableStore(store)
+    unreachable.is_down = True
+    restarted = LocalTables(unreachable, 60, tmp_path / "node")
+    view = restarted.client(PUBLIC_KEY)
+
+    table = view.placements["hero"].table
+    assert (table.version, table.contents[table.visitors[VISITORS[0]]]) == (1, _answer(1))
+    assert sorted(path.name for path in (tmp_path / "node" / "tables").iterdir()) == ["7-1.cmt"]
+
+
+def test_a_node_maps_its_table_file_instead_of_holding_a_copy(store, tmp_path):
+    _publish(store, 1)
+
+    table = LocalTables(store, 0, tmp_path / "node").client(PUBLIC_KEY).placements["hero"].table
+
+    assert type(table.visitors._ids.base.obj).__name__ == "mmap"
 
 
 def test_local_tables_without_a_copy_answers_none_while_redis_is_unreachable():

@@ -1,0 +1,111 @@
+"""The lean handler in front of Django: the same answers, the protections middleware gave."""
+
+import json
+import time
+
+import pytest
+
+from aggregation.spool import spool_seal_open
+from delivery.handler import DeliveryHandler
+from tests.delivery.conftest import HandlerClient
+from tests.delivery.test_query import QUERY
+
+pytestmark = pytest.mark.django_db
+
+
+def _params(published):
+    attachment, buyer = published
+    return {
+        "k": attachment.client.public_key,
+        "v": buyer.visitor_id,
+        "p": attachment.campaign.placement.key,
+        "s": f"{int(time.time()) - 60:x}.0123456789ab",
+    }
+
+
+def _spooled():
+    return [line for path in spool_seal_open() for line in path.read_text().splitlines()]
+
+
+def test_the_handler_and_the_django_view_give_the_same_answer(client, published, settings):
+    params = _params(published)
+
+    by_view = client.get(QUERY, {**params, "i": "5"})
+    by_handler = HandlerClient().get(QUERY, {**params, "i": "5"})
+
+    assert by_handler.content == by_view.content
+    assert json.loads(by_handler.content)["session"] == params["s"]
+    assert [by_handler[name] for name in ("Content-Type", "Cache-Control", "Vary")] == [
+        by_view[name] for name in ("Content-Type", "Cache-Control", "Vary")
+    ]
+    assert by_handler["X-Content-Type-Options"] == "nosniff"
+    assert by_handler["X-Coremetrics-Node"] == settings.NODE_NAME
+    assert len(_spooled()) == 2
+
+
+def test_a_host_outside_allowed_hosts_is_refused_and_not_recorded(published, settings):
+    settings.ALLOWED_HOSTS = ["delivery.example"]
+
+    refused = HandlerClient().get(QUERY, _params(published), HTTP_HOST="evil.example")
+    allowed = HandlerClient().get(QUERY, _params(published), HTTP_HOST="delivery.example:8443")
+
+    assert (refused.status_code, refused.json()) == (
+        400,
+        {"error": "the Host header names no site of this server"},
+    )
+    assert allowed.status_code == 200
+    link = allowed.json()["placements"][0]["content"]["click_url"]
+    assert link.startswith("http://delivery.example:8443/d/v1/click?t=")
+    assert len(_spooled()) == 1
+
+
+def test_plain_http_is_redirected_when_https_is_required(published, settings):
+    settings.SECURE_SSL_REDIRECT = True
+
+    response = HandlerClient().get(f"{QUERY}?k=abc&v=def")
+
+    assert (response.status_code, response["Location"]) == (
+        301,
+        "https://testserver/d/v1/query?k=abc&v=def",
+    )
+    assert _spooled() == []
+
+
+def test_https_behind_the_proxy_gets_hsts_and_https_links(published, settings):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_HSTS_SECONDS = 3600
+
+    response = HandlerClient().get(QUERY, _params(published), HTTP_X_FORWARDED_PROTO="https")
+
+    assert response.status_code == 200
+    assert response["Strict-Transport-Security"] == "max-age=3600"
+    link = response.json()["placements"][0]["content"]["click_url"]
+    assert link.startswith("https://testserver/d/v1/click?t=")
+
+
+def test_every_other_request_goes_to_django_untouched():
+    seen = []
+
+    def django(environ, start_response):
+        seen.append(environ["PATH_INFO"])
+        start_response("204 No Content", [])
+        return [b""]
+
+    handler = DeliveryHandler(django)
+    for path in ["/d/v1/click", "/d/v1/query/", "/admin/", "/t/v1/cm_x.js"]:
+        handler({"PATH_INFO": path, "REQUEST_METHOD": "GET"}, lambda *args: None)
+
+    assert seen == ["/d/v1/click", "/d/v1/query/", "/admin/", "/t/v1/cm_x.js"]
+
+
+def test_an_unexpected_failure_is_a_clean_500_with_a_reason(published, monkeypatch, caplog):
+    def broken(request):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("delivery.handler.query_reply", broken)
+
+    response = HandlerClient().get(QUERY, _params(published))
+
+    assert (response.status_code, response.json()) == (500, {"error": "internal error"})
+    assert "delivery query failed" in caplog.text
