@@ -135,6 +135,10 @@ AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_LOCKOUT_MINUTES", default=30))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "delivery.identity.request_client_address"
+# Behind a proxy that sets X-Forwarded-For itself (nginx: `proxy_set_header X-Forwarded-For
+# $remote_addr`), the browser's address is the header's last entry, not the connection's.
+TRUST_X_FORWARDED_FOR = env.bool("TRUST_X_FORWARDED_FOR", default=False)
 
 # HTTPS: on by default in production (DEBUG off): HTTPS redirect, secure cookies, HSTS.
 # HTTPS=0 for a plain-HTTP install (and the test runs, which serve on http://127.0.0.1).

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
+from delivery.identity import client_address
 from delivery.query import QUERY_PATH, QueryRequest, Reply, error_reply, query_reply
 from delivery.selectors import QueryError
 from delivery.tables import local_tables
@@ -76,7 +77,7 @@ class DeliveryHandler:
                 params=dict(pairs),
                 origin=environ.get("HTTP_ORIGIN"),
                 is_private=environ.get("HTTP_SEC_GPC") == "1",
-                remote_addr=environ.get("REMOTE_ADDR", ""),
+                remote_addr=client_address(environ),
                 base_url=settings.PUBLIC_BASE_URL or f"{'https' if is_secure else 'http'}://{host}",
             )
         )

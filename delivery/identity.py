@@ -12,9 +12,12 @@ import hashlib
 import ipaddress
 import re
 import secrets
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any
 
 from django.conf import settings
+from django.http import HttpRequest
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 VISITOR_ID_RE = re.compile(r"[A-Za-z0-9_-]{20}\.[0-9a-f]{10}")
@@ -51,6 +54,21 @@ def visitor_id_is_valid(visitor_id: str) -> bool:
         _valid_ids.clear()
     _valid_ids[visitor_id] = True
     return True
+
+
+def client_address(meta: Mapping[str, Any]) -> str:
+    """The browser's address: behind a trusted proxy (TRUST_X_FORWARDED_FOR) the one it put
+    last in X-Forwarded-For, else the connection's. Earlier entries are the browser's word."""
+    if settings.TRUST_X_FORWARDED_FOR:
+        forwarded = meta.get("HTTP_X_FORWARDED_FOR")
+        if forwarded:
+            return forwarded.rsplit(",", 1)[-1].strip()
+    return meta.get("REMOTE_ADDR", "")
+
+
+def request_client_address(request: HttpRequest) -> str:
+    """client_address for a Django request (the login lockout counts failures by it)."""
+    return client_address(request.META)
 
 
 @lru_cache(maxsize=65_536)

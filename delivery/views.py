@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from aggregation.services import click_spool
 from delivery.clicks import ClickError, click_read
-from delivery.identity import ip_truncate, session_id_issue, visitor_id_issue
+from delivery.identity import client_address, ip_truncate, session_id_issue, visitor_id_issue
 from delivery.query import QueryRequest, query_reply
 from delivery.selectors import QueryError, client_view_get
 from delivery.tables import ClientView, local_tables, store_get
@@ -54,7 +54,7 @@ def query(request: HttpRequest) -> HttpResponse:
             params=request.GET,
             origin=request.headers.get("Origin"),
             is_private=_privacy_signal(request),
-            remote_addr=request.META.get("REMOTE_ADDR", ""),
+            remote_addr=client_address(request.META),
             base_url=settings.PUBLIC_BASE_URL or request.build_absolute_uri("/").rstrip("/"),
         )
     )
@@ -110,7 +110,7 @@ def visitor(request: HttpRequest) -> HttpResponse:
     session_id = session_id_issue(
         client_key=view.public_key,
         visitor_id=visitor_id,
-        ip=ip_truncate(request.META.get("REMOTE_ADDR", "")),
+        ip=ip_truncate(client_address(request.META)),
         now=time.time(),
     )
     return _answer(request, view, {"visitor": visitor_id, "session": session_id})

@@ -2,6 +2,7 @@ import pytest
 
 from delivery.identity import (
     VISITOR_ID_RE,
+    client_address,
     ip_truncate,
     session_id_issue,
     session_is_current,
@@ -180,3 +181,15 @@ def test_session_id_with_trailing_newline_is_not_current():
 )
 def test_ip_truncate(ip, network):
     assert ip_truncate(ip) == network
+
+
+def test_the_browsers_address_is_the_proxys_last_entry_only_when_the_proxy_is_trusted(settings):
+    meta = {"REMOTE_ADDR": "10.0.0.5", "HTTP_X_FORWARDED_FOR": "6.6.6.6, 203.0.113.9"}
+
+    settings.TRUST_X_FORWARDED_FOR = False
+    untrusted = client_address(meta)
+    settings.TRUST_X_FORWARDED_FOR = True
+    trusted = client_address(meta)
+
+    assert (untrusted, trusted) == ("10.0.0.5", "203.0.113.9")
+    assert client_address({"REMOTE_ADDR": "10.0.0.5"}) == "10.0.0.5"

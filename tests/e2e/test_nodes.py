@@ -123,6 +123,7 @@ def _node_env(directory: Path) -> dict[str, str]:
         "SPOOL_DIR": str(directory / "spool"),
         "DELIVERY_REFRESH_SECONDS": "0.2",
         "NODE_NAME": directory.name,
+        "TRUST_X_FORWARDED_FOR": "1",
     }
 
 
