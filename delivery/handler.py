@@ -18,16 +18,35 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
 from delivery.identity import client_address
-from delivery.query import QUERY_PATH, QueryRequest, Reply, error_reply, query_reply
+from delivery.query import (
+    FRAGMENT_PATH,
+    IMAGE_PATH,
+    QUERY_PATH,
+    QueryRequest,
+    Reply,
+    error_reply,
+    fragment_reply,
+    image_reply,
+    query_reply,
+)
 from delivery.selectors import QueryError
 from delivery.tables import local_tables
 
 logger = logging.getLogger(__name__)
 
 WSGIApplication = Callable[[dict, Callable], Iterable[bytes]]
-STATUS_LINES = {200: "200 OK", 301: "301 Moved Permanently", 400: "400 Bad Request"}
+STATUS_LINES = {200: "200 OK", 301: "301 Moved Permanently", 302: "302 Found"}
+STATUS_LINES |= {400: "400 Bad Request"}
 STATUS_LINES |= {403: "403 Forbidden", 404: "404 Not Found", 405: "405 Method Not Allowed"}
 STATUS_LINES |= {500: "500 Internal Server Error"}
+
+
+# The paths answered here; everything else is Django's. Looked up on every request.
+FORMS: dict[str, Callable[[QueryRequest], Reply]] = {
+    QUERY_PATH: query_reply,
+    FRAGMENT_PATH: fragment_reply,
+    IMAGE_PATH: image_reply,
+}
 
 
 class DeliveryHandler:
@@ -38,10 +57,11 @@ class DeliveryHandler:
         local_tables().start()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != QUERY_PATH:
+        form = FORMS.get(environ.get("PATH_INFO", ""))
+        if form is None:
             return self._application(environ, start_response)
         try:
-            reply = self._reply(environ)
+            reply = self._reply(environ, form)
         except Exception:
             logger.exception("delivery query failed")
             reply = error_reply(QueryError(500, "internal error"))
@@ -50,7 +70,7 @@ class DeliveryHandler:
         start_response(status, [*reply.headers, ("Content-Length", str(len(body)))])
         return [body]
 
-    def _reply(self, environ: dict) -> Reply:
+    def _reply(self, environ: dict, form: Callable[[QueryRequest], Reply]) -> Reply:
         if environ.get("REQUEST_METHOD") != "GET":
             return error_reply(QueryError(405, "the query is a GET"))
         host = self._host(environ)
@@ -59,7 +79,8 @@ class DeliveryHandler:
         is_secure = _is_secure(environ)
         query_string = environ.get("QUERY_STRING", "")
         if settings.SECURE_SSL_REDIRECT and not is_secure:
-            location = f"https://{host}{QUERY_PATH}" + (f"?{query_string}" if query_string else "")
+            location = f"https://{host}{environ['PATH_INFO']}"
+            location += f"?{query_string}" if query_string else ""
             return Reply(301, [("Location", location), ("Content-Type", "text/plain")], b"")
         if not query_string.isascii():
             # WSGI hands over the raw bytes as Latin-1; the query is UTF-8 (as Django reads it).
@@ -72,7 +93,7 @@ class DeliveryHandler:
             )
         except ValueError:
             return error_reply(QueryError(400, "the query has too many parameters"))
-        reply = query_reply(
+        reply = form(
             QueryRequest(
                 params=dict(pairs),
                 origin=environ.get("HTTP_ORIGIN"),

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from html import escape
 
 import orjson
 from django.conf import settings
@@ -33,6 +34,8 @@ from delivery.tables import ClientView
 logger = logging.getLogger(__name__)
 
 QUERY_PATH = "/d/v1/query"
+FRAGMENT_PATH = "/d/v1/content"
+IMAGE_PATH = "/d/v1/image"
 CLICK_PATH = "/d/v1/click"
 PLACEMENT_RE = re.compile(r"[A-Za-z0-9_-]{1,60}")
 MAX_PLACEMENTS = 20
@@ -57,29 +60,38 @@ class Reply:
     body: bytes
 
 
-def query_reply(request: QueryRequest) -> Reply:
-    """The answer to one query, with everything it answered spooled for aggregation.
+@dataclass(frozen=True)
+class Answered:
+    view: ClientView
+    # None for an anonymous answer: no visitor, nothing recorded.
+    visitor_id: str | None
+    session_id: str | None
+    answers: list[dict]
 
-    With a=1 (no consent, or Global Privacy Control) the answer is each campaign's default,
-    for no visitor, and nothing is recorded.
+
+def query_answered(request: QueryRequest, *, is_visitor_required: bool = True) -> Answered:
+    """The answers for the placements asked, each click-through address turned into our
+    recording redirect, and every answer spooled (D4); raises QueryError for a bad query.
+
+    With a=1 (no consent, or Global Privacy Control), or without a visitor where none is
+    required, the answer is each campaign's default, for no visitor, and nothing is recorded.
     """
     params = request.params
-    try:
-        view = client_view_get(key=params.get("k", ""))
-        keys = _placement_keys(params)
-        if params.get("a") == "1" or request.is_private:
-            answers = placements_answer(view, visitor_id="", placement_keys=keys)
-            data = {"client": view.public_key, "visitor": None, "session": None}
-            return _answer(request, view, {**data, "placements": answers})
-        visitor_id = params.get("v", "")
-        if not visitor_id:
-            raise QueryError(400, "v (the visitor id) is required; get one from /d/v1/visitor")
-        if not visitor_id_is_valid(visitor_id):
-            raise QueryError(400, "v is not a visitor id issued by this server")
-        idle_seconds = _idle_seconds(params)
-        url, referrer = _text_param(params, "u"), _text_param(params, "r")
-    except QueryError as error:
-        return error_reply(error)
+    view = client_view_get(key=params.get("k", ""))
+    keys = _placement_keys(params)
+    visitor_id = params.get("v", "")
+    is_anonymous = params.get("a") == "1" or request.is_private
+    if not visitor_id and not is_visitor_required:
+        is_anonymous = True
+    if is_anonymous:
+        answers = placements_answer(view, visitor_id="", placement_keys=keys)
+        return Answered(view=view, visitor_id=None, session_id=None, answers=answers)
+    if not visitor_id:
+        raise QueryError(400, "v (the visitor id) is required; get one from /d/v1/visitor")
+    if not visitor_id_is_valid(visitor_id):
+        raise QueryError(400, "v is not a visitor id issued by this server")
+    idle_seconds = _idle_seconds(params)
+    url, referrer = _text_param(params, "u"), _text_param(params, "r")
     now = time.time()
     session_id = params.get("s", "")
     if not session_is_current(session_id, idle_seconds=idle_seconds, now=now):
@@ -103,7 +115,6 @@ def query_reply(request: QueryRequest) -> Reply:
     except OSError:
         # The visitor still gets an answer; the lost records are counted in the log.
         logger.exception("could not spool %d delivery records", len(answers))
-    data = {"client": view.public_key, "visitor": visitor_id, "session": session_id}
     links = _click_links(
         f"{request.base_url}{CLICK_PATH}",
         view,
@@ -111,7 +122,81 @@ def query_reply(request: QueryRequest) -> Reply:
         visitor_id=visitor_id,
         session_id=session_id,
     )
-    return _answer(request, view, {**data, "placements": links})
+    return Answered(view=view, visitor_id=visitor_id, session_id=session_id, answers=links)
+
+
+def query_reply(request: QueryRequest) -> Reply:
+    """The JSON answer the tag asks for: every placement of a page in one request."""
+    try:
+        answered = query_answered(request)
+    except QueryError as error:
+        return error_reply(error)
+    data = {
+        "client": answered.view.public_key,
+        "visitor": answered.visitor_id,
+        "session": answered.session_id,
+        "placements": answered.answers,
+    }
+    return Reply(200, _headers(request, answered.view, "application/json"), orjson.dumps(data))
+
+
+def fragment_reply(request: QueryRequest) -> Reply:
+    """The content itself as an HTML fragment (the patent's push form), for one placement."""
+    try:
+        answer = _single(request)
+    except QueryError as error:
+        return error_reply(error)
+    body = content_fragment(answer.answers[0]["content"])
+    return Reply(200, _headers(request, answer.view, "text/html; charset=utf-8"), body.encode())
+
+
+# A transparent 1x1 GIF: the image form's answer when the placement shows no image.
+PIXEL = bytes.fromhex(
+    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
+)
+
+
+def image_reply(request: QueryRequest) -> Reply:
+    """The no-JavaScript form (`<img>`, `<noscript>`, email): a redirect to the image the
+    visitor gets, recorded like any answer; a transparent pixel when it is not an image."""
+    try:
+        answer = _single(request)
+    except QueryError as error:
+        return error_reply(error)
+    content = answer.answers[0]["content"]
+    if content is not None and content["type"] == "image" and content["url"]:
+        return Reply(302, [("Location", content["url"]), ("Cache-Control", "no-store")], b"")
+    return Reply(200, [("Content-Type", "image/gif"), ("Cache-Control", "no-store")], PIXEL)
+
+
+def _single(request: QueryRequest) -> Answered:
+    if len(_placement_keys(request.params)) != 1:
+        raise QueryError(400, "p must name exactly one placement")
+    answered = query_answered(request, is_visitor_required=False)
+    if answered.answers[0]["campaign"] is None:
+        raise QueryError(404, "no active campaign has this placement")
+    return answered
+
+
+def content_fragment(content: dict | None) -> str:
+    """The HTML that shows a content; every address is escaped, HTML content is the client's
+    own fragment as stored."""
+    if content is None:
+        return ""
+    kind, url = content["type"], escape(content["url"])
+    if kind == "html":
+        return content["html"]
+    if kind == "script":
+        return f'<script src="{url}" async></script>'
+    if kind == "video":
+        element = f'<video src="{url}" controls playsinline></video>'
+    elif kind == "audio":
+        element = f'<audio src="{url}" controls></audio>'
+    else:
+        element = f'<img src="{url}" alt="{escape(content["alt"])}">'
+    if content.get("click_url") and kind == "image":
+        return f'<a href="{escape(content["click_url"])}">{element}</a>'
+    return element
 
 
 def error_reply(error: QueryError) -> Reply:
@@ -124,16 +209,16 @@ def error_reply(error: QueryError) -> Reply:
     return Reply(error.status, headers, orjson.dumps({"error": str(error)}))
 
 
-def _answer(request: QueryRequest, view: ClientView, data: dict) -> Reply:
+def _headers(request: QueryRequest, view: ClientView, content_type: str) -> list[tuple[str, str]]:
     headers = [
-        ("Content-Type", "application/json"),
+        ("Content-Type", content_type),
         ("Vary", "Origin"),
         ("Cache-Control", "no-store"),
         ("X-Coremetrics-Node", settings.NODE_NAME),
     ]
     if request.origin and request.origin in view.origins:
         headers.append(("Access-Control-Allow-Origin", request.origin))
-    return Reply(200, headers, orjson.dumps(data))
+    return headers
 
 
 def _idle_seconds(params: Mapping[str, str]) -> float | None:

@@ -6,6 +6,8 @@ app_name = "delivery"
 
 urlpatterns = [
     path("d/v1/query", views.query, name="query"),
+    path("d/v1/content", views.fragment, name="fragment"),
+    path("d/v1/image", views.image, name="image"),
     path("d/v1/visitor", views.visitor, name="visitor-issue"),
     path("d/v1/click", views.click, name="click"),
     re_path(

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.utils import timezone
+from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
 from aggregation.services import click_spool
 from delivery.clicks import ClickError, click_read
 from delivery.identity import client_address, ip_truncate, session_id_issue, visitor_id_issue
-from delivery.query import QueryRequest, query_reply
+from delivery.query import QueryRequest, Reply, fragment_reply, image_reply, query_reply
 from delivery.selectors import QueryError, client_view_get
 from delivery.tables import ClientView, local_tables, store_get
 from delivery.tag import tag_body
@@ -45,23 +47,34 @@ def _privacy_signal(request: HttpRequest) -> bool:
     return request.headers.get("Sec-GPC") == "1"
 
 
-@require_GET
-def query(request: HttpRequest) -> HttpResponse:
-    """Which content this visitor sees in each placement asked for (delivery/query.py); in
-    production delivery/handler.py answers this path before Django sees it."""
-    reply = query_reply(
-        QueryRequest(
-            params=request.GET,
-            origin=request.headers.get("Origin"),
-            is_private=_privacy_signal(request),
-            remote_addr=client_address(request.META),
-            base_url=settings.PUBLIC_BASE_URL or request.build_absolute_uri("/").rstrip("/"),
+def _delivery_view(form: Callable[[QueryRequest], Reply], doc: str) -> Callable:
+    """A Django view over one of delivery/query.py's answer forms; in production
+    delivery/handler.py answers these paths before Django sees them."""
+
+    @require_GET
+    @xframe_options_exempt
+    def view(request: HttpRequest) -> HttpResponse:
+        reply = form(
+            QueryRequest(
+                params=request.GET,
+                origin=request.headers.get("Origin"),
+                is_private=_privacy_signal(request),
+                remote_addr=client_address(request.META),
+                base_url=settings.PUBLIC_BASE_URL or request.build_absolute_uri("/").rstrip("/"),
+            )
         )
-    )
-    response = HttpResponse(reply.body, status=reply.status)
-    for name, value in reply.headers:
-        response[name] = value
-    return response
+        response = HttpResponse(reply.body, status=reply.status)
+        for name, value in reply.headers:
+            response[name] = value
+        return response
+
+    view.__doc__ = doc
+    return view
+
+
+query = _delivery_view(query_reply, "Which content this visitor sees in each placement (JSON).")
+fragment = _delivery_view(fragment_reply, "The content of one placement as an HTML fragment.")
+image = _delivery_view(image_reply, "The image of one placement, for places without JavaScript.")
 
 
 @require_GET

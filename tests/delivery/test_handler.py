@@ -6,7 +6,7 @@ import time
 import pytest
 
 from aggregation.spool import spool_seal_open
-from delivery.handler import DeliveryHandler
+from delivery.handler import FORMS, DeliveryHandler
 from tests.delivery.conftest import HandlerClient
 from tests.delivery.test_query import QUERY
 
@@ -103,7 +103,7 @@ def test_an_unexpected_failure_is_a_clean_500_with_a_reason(published, monkeypat
     def broken(request):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("delivery.handler.query_reply", broken)
+    monkeypatch.setitem(FORMS, QUERY, broken)
 
     response = HandlerClient().get(QUERY, _params(published))
 

@@ -6,6 +6,7 @@ from django.urls import reverse
 from aggregation.spool import spool_seal_open
 from delivery.clicks import click_read
 from delivery.identity import visitor_id_is_valid, visitor_id_issue
+from delivery.query import PIXEL, content_fragment
 from delivery.services import manifest_publish
 from tests.factories import CampaignFactory, SiteFactory
 
@@ -242,4 +243,99 @@ def test_global_privacy_control_header_gets_defaults_and_no_record(client, publi
         403,
         {"error": "Global Privacy Control is on: no visitor id is issued"},
     )
+    assert _spooled(settings) == []
+
+
+FRAGMENT = reverse("delivery:fragment")
+IMAGE = reverse("delivery:image")
+
+
+def test_the_fragment_form_pushes_the_content_itself_and_records_it(
+    query_client, published, settings
+):
+    attachment, buyer = published
+    campaign = attachment.campaign
+    params = {"k": campaign.client.public_key, "v": buyer.visitor_id, "p": campaign.placement.key}
+
+    response = query_client.get(FRAGMENT, params)
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/html; charset=utf-8"
+    html = response.content.decode()
+    assert html.startswith('<a href="http://testserver/d/v1/click?t=')
+    assert html.endswith(f'"><img src="{attachment.content.url}" alt=""></a>')
+    [record] = _spooled(settings)
+    assert (record["visitor_id"], record["content_id"]) == (buyer.visitor_id, attachment.content_id)
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "html"),
+    [
+        ("image", {"url": "https://cdn.example/a.png?x=1&y=\"2\"", "alt": "<b>"},
+         '<img src="https://cdn.example/a.png?x=1&amp;y=&quot;2&quot;" alt="&lt;b&gt;">'),
+        ("script", {"url": "https://cdn.example/a.js"},
+         '<script src="https://cdn.example/a.js" async></script>'),
+        ("video", {"url": "https://cdn.example/a.mp4"},
+         '<video src="https://cdn.example/a.mp4" controls playsinline></video>'),
+        ("audio", {"url": "https://cdn.example/a.mp3"},
+         '<audio src="https://cdn.example/a.mp3" controls></audio>'),
+        ("html", {"html": "<p>Spring sale</p>"}, "<p>Spring sale</p>"),
+    ],
+)  # fmt: skip
+def test_every_content_type_has_its_fragment_with_addresses_escaped(kind, fields, html):
+    content = {"type": kind, "url": "", "alt": "", "html": "", "click_url": "", **fields}
+
+    assert content_fragment(content) == html
+    assert content_fragment(None) == ""
+
+
+def test_the_image_form_redirects_to_the_image_and_records_the_delivery(
+    query_client, published, settings
+):
+    attachment, buyer = published
+    campaign = attachment.campaign
+    params = {"k": campaign.client.public_key, "v": buyer.visitor_id, "p": campaign.placement.key}
+
+    response = query_client.get(IMAGE, params)
+    anonymous = query_client.get(IMAGE, {**params, "v": ""})
+
+    assert (response.status_code, response["Location"]) == (302, attachment.content.url)
+    assert response["Cache-Control"] == "no-store"
+    assert (anonymous.status_code, anonymous["Location"]) == (302, campaign.default_content.url)
+    [record] = _spooled(settings)
+    assert (record["visitor_id"], record["content_id"]) == (buyer.visitor_id, attachment.content_id)
+
+
+def test_the_image_form_answers_a_pixel_when_the_placement_shows_no_image(query_client, published):
+    attachment, _ = published
+    campaign = attachment.campaign
+    campaign.default_content.type = "html"
+    campaign.default_content.html = "<p>Hello</p>"
+    campaign.default_content.save()
+    manifest_publish(client_id=campaign.client_id)
+    params = {"k": campaign.client.public_key, "p": campaign.placement.key}
+
+    response = query_client.get(IMAGE, params)
+
+    assert (response.status_code, response["Content-Type"]) == (200, "image/gif")
+    assert response.content == PIXEL
+
+
+def test_the_single_placement_forms_refuse_several_or_unknown_placements(
+    query_client, published, settings
+):
+    attachment, buyer = published
+    params = {"k": attachment.client.public_key, "v": buyer.visitor_id}
+
+    answers = [
+        query_client.get(form, {**params, "p": placements})
+        for form in (FRAGMENT, IMAGE)
+        for placements in (f"{attachment.campaign.placement.key},other", "", "nowhere")
+    ]
+
+    assert [(answer.status_code, answer.json()["error"]) for answer in answers] == [
+        (400, "p must name exactly one placement"),
+        (400, "p must name exactly one placement"),
+        (404, "no active campaign has this placement"),
+    ] * 2
     assert _spooled(settings) == []
