@@ -1,4 +1,6 @@
 import json
+import os
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -9,6 +11,7 @@ from aggregation.records import (
     RecordError,
     delivery_record,
     event_from_tag,
+    event_id_new,
     record_parse,
 )
 
@@ -422,3 +425,18 @@ def test_record_parse_refuses_a_bad_line_with_exact_error(line, error):
 def test_record_parse_refuses_an_event_id_that_is_not_a_string(event_id):
     with pytest.raises(RecordError):
         record_parse(_with(event_id=event_id))
+
+
+def test_event_ids_made_here_are_unique_version_4_uuids_also_across_forked_workers():
+    ids = [event_id_new() for _ in range(10_000)]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a forked web worker
+        os.write(write, event_id_new().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+
+    assert len({*ids, child, event_id_new()}) == 10_002
+    assert {(uuid.UUID(i).version, uuid.UUID(i).variant) for i in ids} == {(4, uuid.RFC_4122)}
+    assert [str(uuid.UUID(i)) for i in ids[:100]] == ids[:100]

@@ -4,9 +4,13 @@ import json
 import time
 
 import pytest
+from django.http import QueryDict
+from hypothesis import given
+from hypothesis import settings as settings_hypothesis
+from hypothesis import strategies as st
 
 from aggregation.spool import spool_seal_open
-from delivery.handler import FORMS, DeliveryHandler
+from delivery.handler import FORMS, DeliveryHandler, query_params
 from tests.delivery.conftest import HandlerClient
 from tests.delivery.test_query import QUERY
 
@@ -109,3 +113,24 @@ def test_an_unexpected_failure_is_a_clean_500_with_a_reason(published, monkeypat
 
     assert (response.status_code, response.json()) == (500, {"error": "internal error"})
     assert "delivery query failed" in caplog.text
+
+
+@settings_hypothesis(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab=&%+2F0z;é ", max_size=40))
+def test_the_handlers_query_parser_reads_what_django_reads(query_string):
+    raw = query_string.encode().decode("latin-1")  # as WSGI hands it over
+
+    expected = {name: values[-1] for name, values in QueryDict(query_string).lists()}
+
+    assert query_params(raw, None) == expected
+
+
+def test_a_query_with_too_many_parameters_is_refused(published, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 5
+
+    response = HandlerClient().get(QUERY + "?" + "&".join(f"x{n}=1" for n in range(6)))
+
+    assert (response.status_code, response.json()) == (
+        400,
+        {"error": "the query has too many parameters"},
+    )
