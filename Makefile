@@ -5,7 +5,8 @@ RUFF  := $(VENV)/bin/ruff
 ARGS  ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt services-up services-down clean venv bench-ingest bench-tables
+.PHONY: help run test lint fmt services-up services-down clean venv bench-ingest bench-tables \
+	bench-delivery
 
 help:
 	@echo "make run            run the app (scripts/run.sh)"
@@ -17,6 +18,7 @@ help:
 	@echo "make services-down  stop them and remove var/test-services"
 	@echo "make bench-ingest   1,000,000 events through collect and consolidation (docs/performance.md)"
 	@echo "make bench-tables   lookup tables of 3 campaigns over 1,000,000 profiles, built and published"
+	@echo "make bench-delivery the query endpoint against raw WSGI and Django, gunicorn and granian (wrk)"
 	@echo "make clean          remove var/ and .venv"
 
 venv:
@@ -52,3 +54,7 @@ bench-ingest: venv
 bench-tables: venv
 	bash scripts/services.sh start
 	set -a && . var/test-services/env && set +a && $(VENV)/bin/python bench/tables.py
+
+bench-delivery: venv
+	bash scripts/services.sh start
+	set -a && . var/test-services/env && set +a && $(VENV)/bin/python bench/delivery.py

@@ -15,6 +15,15 @@ def profiles_matching(*, client_id: int, condition: Q) -> QuerySet[Profile]:
     return Profile.objects.filter(client_id=client_id).filter(condition)
 
 
+def newcomer_profile(*, now: datetime) -> dict[str, Any]:
+    """The profile values of a visitor on their first visit, before any of it was counted:
+    what segment rules are asked of a visitor the tables do not know yet."""
+    values: dict[str, Any] = {
+        field.attname: field.get_default() for field in Profile._meta.concrete_fields
+    }
+    return {**values, "visits": 1, "first_seen_at": now, "last_seen_at": now}
+
+
 def visitor_links(*, client_id: int) -> dict[str, str]:
     """Linked visitor id -> the canonical visitor id whose profile holds its events (B5)."""
     return dict(

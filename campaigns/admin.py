@@ -39,7 +39,7 @@ class PlacementAdmin(TenantAdmin):
 
 class AttachmentInline(TenantInline):
     model = Attachment
-    fields = ["priority", "segment", "content"]
+    fields = ["priority", "segment", "content", "conditions"]
     extra = 0
 
 
@@ -151,7 +151,7 @@ class CampaignAdmin(TenantAdmin):
 @admin.register(Attachment)
 class AttachmentAdmin(TenantAdmin):
     rebuilds_tables = True
-    list_display = ["campaign", "priority", "segment", "content", "client"]
+    list_display = ["campaign", "priority", "segment", "content", "conditions", "client"]
     list_filter = ["campaign"]
 
 

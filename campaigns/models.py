@@ -1,9 +1,11 @@
 import secrets
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator
 from django.db import models
 
 from coremetrics.models import Client
+from delivery.criteria import conditions_check
 
 
 class Content(models.Model):
@@ -96,6 +98,12 @@ class Campaign(models.Model):
         return self.name
 
 
+def _conditions_validate(value: object) -> None:
+    errors = conditions_check(value)
+    if errors:
+        raise ValidationError(errors)
+
+
 class Attachment(models.Model):
     """Content shown to a segment within a campaign; the lowest priority number wins."""
 
@@ -107,6 +115,17 @@ class Attachment(models.Model):
     content = models.ForeignKey(Content, on_delete=models.PROTECT, related_name="attachments")
     priority = models.PositiveIntegerField(
         default=100, help_text="Decides for visitors in several segments: 1 beats 2."
+    )
+    conditions = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[_conditions_validate],
+        help_text=(
+            "Request-time conditions, all of which must hold as well as the segment, e.g. "
+            '{"devices": ["mobile"], "hours": {"from": 9, "to": 17}, "countries": ["DE"], '
+            '"weekdays": [5, 6], "page_contains": "/sale", "referrer_contains": "google"}. '
+            "Empty: the segment alone decides. See docs/delivery.md."
+        ),
     )
 
     class Meta:

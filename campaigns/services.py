@@ -56,6 +56,9 @@ def experiment_start(*, experiment: Experiment) -> Experiment:
         attachment_id=experiment.attachment_id, status=Experiment.Status.RUNNING
     ).exists():
         raise ExperimentError("another test of this segment in this campaign is running")
+    if experiment.attachment.conditions:
+        # A test splits a segment's profiles; conditions decided per request would bias it.
+        raise ExperimentError("an A/B test needs an attachment without request-time conditions")
     experiment.allocation = allocation_update(None, _shares(experiment))
     experiment.status = Experiment.Status.RUNNING
     experiment.started_at = timezone.now()

@@ -191,6 +191,9 @@ DELIVERY_REFRESH_SECONDS = env.float("DELIVERY_REFRESH_SECONDS", default=1.0)
 # This node's copy of the published tables (memory-mapped by its web processes, read back
 # after a restart): a local disk, never a shared one.
 DELIVERY_NODE_DIR = Path(env("DELIVERY_NODE_DIR", default=str(DATA_DIR / "node")))
+# A MaxMind-format country database (GeoLite2-Country.mmdb or compatible) for the country
+# condition of attachments (D3); empty: country conditions never hold.
+GEOIP_PATH = env("GEOIP_PATH", default="")
 # Named in every delivery answer's X-Coremetrics-Node header, to tell nodes apart.
 NODE_NAME = env("NODE_NAME", default=socket.gethostname())
 TABLE_STORE_DIR = Path(env("TABLE_STORE_DIR", default=str(DATA_DIR / "tables")))

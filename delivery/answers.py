@@ -1,16 +1,26 @@
-"""The answer for one visitor in each placement, from a node's local tables (D1, D2). Pure."""
+"""The answer for one visitor in each placement, from a node's local tables (D1, D2, D3). Pure."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from delivery.tables import ClientView
+from delivery.criteria import RequestFacts, conditions_match
+from delivery.tables import ClientView, Table
 
 
 def placements_answer(
-    view: ClientView, *, visitor_id: str, placement_keys: list[str]
+    view: ClientView,
+    *,
+    visitor_id: str,
+    placement_keys: list[str],
+    facts: Callable[[], RequestFacts] | None = None,
 ) -> list[dict]:
-    """One answer per placement asked: the table's content for the visitor, else the default."""
+    """One answer per placement asked: the table's content for the visitor, else the default.
+
+    `facts` gives what the request says about itself, asked for only when a table has rules
+    with request-time conditions; without it no such rule holds.
+    """
     answers: list[dict[str, Any]] = []
     for key in placement_keys:
         placement = view.placements.get(key)
@@ -26,11 +36,12 @@ def placements_answer(
             )
             continue
         table = placement.table
-        content_id = table.visitors.get(visitor_id) if table is not None else None
         content: dict[str, Any] | None = placement.default
         source = "default"
-        if table is not None and content_id is not None:
-            content, source = table.contents[content_id], "table"
+        if table is not None and visitor_id:
+            content_id = _content_id(table, visitor_id, view.time_zone, facts)
+            if content_id is not None:
+                content, source = table.contents[content_id], "table"
         answers.append(
             {
                 "placement": key,
@@ -41,3 +52,23 @@ def placements_answer(
             }
         )
     return answers
+
+
+def _content_id(
+    table: Table, visitor_id: str, time_zone: str, facts: Callable[[], RequestFacts] | None
+) -> int | None:
+    """The visitor's content id in a table; None for the placement's default."""
+    index = table.visitors.find(visitor_id)
+    if index >= 0:
+        content_id, mask = table.visitors.content_at(index), table.visitors.mask_at(index)
+    else:
+        content_id, mask = table.unknown_content, table.unknown_mask
+    if mask and facts is not None:
+        # Rules are in priority order and only those that beat the visitor's content are set.
+        known = facts()
+        for position, rule in enumerate(table.rules):
+            if mask >> position & 1 and conditions_match(
+                rule.conditions, known, time_zone=time_zone
+            ):
+                return rule.content_id
+    return content_id

@@ -133,6 +133,7 @@ class DeliveryHandler:
                 origin=environ.get("HTTP_ORIGIN"),
                 is_private=environ.get("HTTP_SEC_GPC") == "1",
                 remote_addr=client_address(environ),
+                user_agent=environ.get("HTTP_USER_AGENT", ""),
                 base_url=config.public_base_url or f"{'https' if is_secure else 'http'}://{host}",
             )
         )

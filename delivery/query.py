@@ -22,6 +22,7 @@ from django.utils import timezone
 from aggregation.services import deliveries_spool
 from delivery.answers import placements_answer
 from delivery.clicks import click_link, click_token
+from delivery.criteria import RequestFacts
 from delivery.identity import (
     ip_truncate,
     session_id_issue,
@@ -49,6 +50,7 @@ class QueryRequest:
     # Global Privacy Control (the Sec-GPC header): nothing is issued or recorded.
     is_private: bool
     remote_addr: str
+    user_agent: str
     # This server as the browser reaches it (scheme and host), for click-through links.
     base_url: str
 
@@ -101,7 +103,18 @@ def query_answered(request: QueryRequest, *, is_visitor_required: bool = True) -
             ip=ip_truncate(request.remote_addr),
             now=now,
         )
-    answers = placements_answer(view, visitor_id=visitor_id, placement_keys=keys)
+    answers = placements_answer(
+        view,
+        visitor_id=visitor_id,
+        placement_keys=keys,
+        facts=lambda: RequestFacts(
+            user_agent=request.user_agent,
+            ip=request.remote_addr,
+            url=url,
+            referrer=referrer,
+            now=now,
+        ),
+    )
     try:
         deliveries_spool(
             client_id=view.client_id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -13,7 +13,7 @@ from psycopg2.extras import Json, execute_values
 from campaigns.selectors import campaigns_active, content_answer
 from coremetrics.models import Client
 from delivery.models import Visitor
-from delivery.tables import Table, store_get, table_decode, table_encode
+from delivery.tables import Rule, Table, store_get, table_decode, table_encode
 from delivery.tag import client_tag_config
 from segmentation.selectors import table_versions_serving
 
@@ -36,6 +36,7 @@ def manifest_publish(*, client_id: int) -> dict:
         "public_key": client.public_key,
         "origins": sorted(site.origin.rstrip("/") for site in client.sites.all()),
         "tag": client_tag_config(client),
+        "time_zone": client.timezone,
         "placements": placements,
     }
     store_get().manifest_put(client.public_key, _dumps(manifest))
@@ -48,10 +49,19 @@ def table_store(
     version: int,
     contents: Mapping[int, dict | None],
     visitors: Mapping[str, int],
+    rules: Sequence[Rule] = (),
+    masks: Mapping[str, int] | None = None,
+    unknown: tuple[int | None, int] = (None, 0),
 ) -> None:
     """Write one table version (immutable); it serves once a manifest names it."""
     data = table_encode(
-        campaign_id=campaign_id, version=version, contents=contents, visitors=visitors
+        campaign_id=campaign_id,
+        version=version,
+        contents=contents,
+        visitors=visitors,
+        rules=rules,
+        masks=masks,
+        unknown=unknown,
     )
     store_get().table_put(campaign_id, version, data)
 

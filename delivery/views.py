@@ -60,6 +60,7 @@ def _delivery_view(form: Callable[[QueryRequest], Reply], doc: str) -> Callable:
                 origin=request.headers.get("Origin"),
                 is_private=_privacy_signal(request),
                 remote_addr=client_address(request.META),
+                user_agent=request.headers.get("User-Agent", ""),
                 base_url=settings.PUBLIC_BASE_URL or request.build_absolute_uri("/").rstrip("/"),
             )
         )

@@ -3,7 +3,7 @@
 #
 #   scripts/bootstrap.sh            create/update .venv from requirements-dev.txt
 #   scripts/bootstrap.sh --system   also apt-get install missing system packages
-#                                   (redis-server, chromium, postgresql, nginx)
+#                                   (redis-server, chromium, postgresql, nginx, wrk)
 #
 # Idempotent: a second run with unchanged requirements does nothing.
 set -euo pipefail
@@ -29,6 +29,8 @@ missing_packages() {
     [[ -x /usr/bin/chromium ]] || echo chromium
     have_initdb || echo postgresql
     command -v nginx >/dev/null || echo nginx-light
+    # The load generator of bench/delivery.py.
+    command -v wrk >/dev/null || echo wrk
     # Used by scripts/services.sh: runuser (util-linux) and useradd (passwd).
     command -v runuser >/dev/null || echo util-linux
     command -v useradd >/dev/null || echo passwd

@@ -1,8 +1,8 @@
 """Drive a running embedded-default stack through the loop over HTTP (used by smoke.sh).
 
-A visitor gets the default banner, sends a purchase; the beat-scheduled consolidation, the
-table rebuild it triggers and the file-backed table store must then give them the buyers'
-banner, all without PostgreSQL or Redis.
+A new visitor gets the first-time visitors' banner and sends a purchase; the beat-scheduled
+consolidation, the table rebuild it triggers and the file-backed table store must then give
+them the buyers' banner, all without PostgreSQL or Redis.
 """
 
 import json
@@ -16,6 +16,7 @@ import uuid
 BASE = sys.argv[1]
 DEFAULT = "Banner: spring season (default)"
 BUYER = "Banner: thanks, 15% off"
+FIRST = "Banner: first time, 10% off"
 
 
 def request(path: str, data: bytes | None = None, method: str | None = None):
@@ -58,7 +59,11 @@ def main() -> None:
     identity = json.loads(body)
     check(status == 200, "a visitor id is issued")
     query = f"/d/v1/query?k={key}&v={identity['visitor']}&s={identity['session']}&p=home-banner"
-    check(_banner(query) == ("default", DEFAULT), "a new visitor gets the default banner")
+    check(
+        _banner(query) == ("table", FIRST),
+        "a new visitor gets the first-time visitors' banner (the table's answer for newcomers)",
+    )
+    check(_banner(f"{query}&a=1") == ("default", DEFAULT), "without consent, the default banner")
 
     now = int(time.time() * 1000)
     events = [

@@ -17,7 +17,12 @@ from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from aggregation.selectors import canonical_of, profiles_matching, visitor_links
+from aggregation.selectors import (
+    canonical_of,
+    newcomer_profile,
+    profiles_matching,
+    visitor_links,
+)
 from campaigns.selectors import (
     attachments_for_campaign,
     campaign_get,
@@ -35,9 +40,9 @@ from delivery.services import (
     table_read,
     table_store,
 )
-from delivery.tables import local_tables
+from delivery.tables import MAX_RULES, Rule, local_tables
 from segmentation.models import TableVersion
-from segmentation.rules import RuleError, rule_compile, rule_validate
+from segmentation.rules import RuleError, rule_compile, rule_matches, rule_validate
 
 logger = logging.getLogger(__name__)
 
@@ -80,19 +85,41 @@ class TableContent:
     overlaps: list[dict] = field(default_factory=list)
     # A/B tests: experiment id -> visitor id -> group key, for the visitors the test decides.
     assignments: dict[int, dict[str, str]] = field(default_factory=dict)
+    # Attachments with request-time conditions (D3), in priority order, and per visitor the
+    # bits of those that beat what the table gives them.
+    rules: list[Rule] = field(default_factory=list)
+    masks: dict[str, int] = field(default_factory=dict)
+    # What a visitor without a profile gets: a content id (None: the default) and rule bits.
+    unknown: tuple[int | None, int] = (None, 0)
 
     @cached_property
     def checksum(self) -> str:
         # Once per table (a million visitors take seconds): compared with the serving one,
         # then kept on the version.
-        body = orjson.dumps([sorted(self.contents.items()), sorted(self.visitors.items())])
+        body = orjson.dumps(
+            [
+                sorted(self.contents.items()),
+                sorted(self.visitors.items()),
+                [(rule.content_id, rule.conditions) for rule in self.rules],
+                sorted(self.masks.items()),
+                self.unknown,
+            ],
+            option=orjson.OPT_SORT_KEYS,
+        )
         return hashlib.sha256(body).hexdigest()
 
 
 def _table_compute(campaign) -> TableContent:
-    """Who gets what: per attachment, by priority, one query for the segment's visitors."""
+    """Who gets what: per attachment, by priority, one query for the segment's visitors.
+
+    An attachment with request-time conditions does not decide by itself: its visitors get a
+    rule bit, and delivery shows its content when the request meets the conditions (D3). A
+    visitor without a profile counts as a profile with no history: the attachments whose
+    segments take such a visitor apply to them too (A/B tests aside: they split profiles).
+    """
     table = TableContent(contents={}, visitors={}, segment_counts={})
     now = timezone.now()
+    idle = timedelta(minutes=settings.SESSION_IDLE_MINUTES)
     if campaign.default_content is not None:
         table.contents[campaign.default_content.pk] = content_answer(campaign.default_content)
     attachments = attachments_for_campaign(campaign_id=campaign.pk)
@@ -101,12 +128,14 @@ def _table_compute(campaign) -> TableContent:
     winners: dict[str, int] = {}
     # (winner's attachment, the other's) -> visitors in both segments
     overlaps: Counter[tuple[int, int]] = Counter()
+    unknown_content: int | None = None
+    unknown_mask = 0
+    is_unknown_decided = False
     for index, attachment in enumerate(attachments):
         started = time.perf_counter()
         try:
-            condition = rule_condition(
-                rule=attachment.segment.rule, client_id=campaign.client_id, now=now
-            )
+            rule = rule_validate(attachment.segment.rule)
+            condition = rule_condition(rule=rule, client_id=campaign.client_id, now=now)
         except RuleError as error:
             raise RuleError([f"segment {attachment.segment}: {e}" for e in error.errors]) from None
         visitor_ids = profiles_matching(
@@ -114,10 +143,28 @@ def _table_compute(campaign) -> TableContent:
         ).values_list("visitor_id", flat=True)
         # A running A/B test of this segment splits its visitors among the test's groups.
         split = splits.get(attachment.pk)
+        if attachment.conditions and split is not None:
+            raise RuleError([f"{_attachment_label(attachment)}: an A/B test needs an "
+                             "attachment without request-time conditions"])  # fmt: skip
+        bit = 0
+        if attachment.conditions:
+            if len(table.rules) == MAX_RULES:
+                raise RuleError([f"at most {MAX_RULES} attachments with request-time conditions"])
+            bit = 1 << len(table.rules)
+            table.rules.append(Rule(attachment.content_id, attachment.conditions))
+        if not is_unknown_decided and split is None and _takes_a_newcomer(rule, now, idle):
+            if bit:
+                unknown_mask |= bit
+            else:
+                unknown_content, is_unknown_decided = attachment.content_id, True
         groups = table.assignments.setdefault(split.experiment_id, {}) if split else {}
         matched = 0
         for visitor_id in visitor_ids.iterator(chunk_size=5000):
             matched += 1
+            if bit:
+                if visitor_id not in winners:
+                    table.masks[visitor_id] = table.masks.get(visitor_id, 0) | bit
+                continue
             winner = winners.setdefault(visitor_id, index)
             if winner != index:
                 overlaps[(winner, index)] += 1
@@ -138,6 +185,7 @@ def _table_compute(campaign) -> TableContent:
             )
             if NOTHING in split.shows.values():
                 table.contents[NOTHING_ID] = None
+    table.unknown = (unknown_content, unknown_mask)
     table.overlaps = [
         {
             "winner": _attachment_label(attachments[winner]),
@@ -150,7 +198,18 @@ def _table_compute(campaign) -> TableContent:
     for alias, canonical in visitor_links(client_id=campaign.client_id).items():
         if canonical in table.visitors:
             table.visitors[alias] = table.visitors[canonical]
+        if canonical in table.masks:
+            table.masks[alias] = table.masks[canonical]
     return table
+
+
+def _takes_a_newcomer(rule: dict, now: datetime, idle: timedelta) -> bool:
+    """Whether a segment takes a visitor with no history (one the tables do not know yet)."""
+    try:
+        return rule_matches(rule, newcomer_profile(now=now), now=now, idle=idle)
+    except TypeError:
+        # A comparison with a date the newcomer lacks: false, as NULL compares in SQL.
+        return False
 
 
 # The content id of "show nothing" in a table (an A/B group or holdout that sees nothing).
@@ -200,6 +259,9 @@ def table_build(*, campaign_id: int, publish: bool = True) -> TableVersion:
             version=number,
             contents=table.contents,
             visitors=table.visitors,
+            rules=table.rules,
+            masks=table.masks,
+            unknown=table.unknown,
         )
         _describe(version, table, campaign=campaign, serving=serving)
         for experiment_id, groups in table.assignments.items():

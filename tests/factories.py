@@ -12,7 +12,7 @@ from aggregation.models import (
     VisitorLink,
     VisitorSeparation,
 )
-from campaigns.models import Attachment, Campaign, Content, Placement
+from campaigns.models import Attachment, Campaign, Content, Experiment, Placement
 from coremetrics.models import Client, Membership, Site
 from delivery.identity import visitor_id_issue
 from delivery.models import Visitor
@@ -176,3 +176,12 @@ class VisitorSeparationFactory(factory.django.DjangoModelFactory):
     client = factory.SubFactory(ClientFactory)
     visitor_id = factory.Sequence(lambda n: f"separated-{n}")
     email = factory.Sequence(lambda n: f"shared{n}@example.com")
+
+
+class ExperimentFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Experiment
+
+    attachment = factory.SubFactory(AttachmentFactory)
+    client = factory.SelfAttribute("attachment.client")
+    name = factory.Sequence(lambda n: f"Test {n}")
