@@ -281,20 +281,26 @@ def delivery_record(
     referrer: str,
     at: datetime,
 ) -> dict:
-    """The spool record of one delivery answer (D4)."""
-    return record_new(
-        client_id=client_id,
-        kind="delivery",
-        visitor_id=visitor_id,
-        session_id=session_id,
-        occurred_at=at,
-        url=url[: TEXT_LIMITS["url"]],
-        referrer=referrer[: TEXT_LIMITS["referrer"]],
-        campaign_key=campaign_key,
-        placement_key=placement_key,
-        content_id=content_id,
-        table_version=table_version,
-    )
+    """The spool record of one delivery answer (D4): record_new's record, built in one
+    literal because every answer of the hot path makes one."""
+    moment = at.isoformat()
+    return {
+        "event_id": event_id_new(),
+        "client": client_id,
+        "type": "delivery",
+        "visitor_id": visitor_id,
+        "occurred_at": moment,
+        "received_at": moment,
+        **RECORD_DEFAULTS,
+        "properties": {},
+        "session_id": session_id,
+        "url": url[: TEXT_LIMITS["url"]],
+        "referrer": referrer[: TEXT_LIMITS["referrer"]],
+        "campaign_key": campaign_key,
+        "placement_key": placement_key,
+        "content_id": content_id,
+        "table_version": table_version,
+    }
 
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

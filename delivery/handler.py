@@ -80,7 +80,10 @@ def _config() -> _Config:
         ssl_redirect=settings.SECURE_SSL_REDIRECT,
         max_fields=settings.DATA_UPLOAD_MAX_NUMBER_FIELDS,
         public_base_url=settings.PUBLIC_BASE_URL,
-        headers={is_secure: _security_headers(is_secure) for is_secure in (False, True)},
+        headers={
+            is_secure: [("X-Coremetrics-Node", settings.NODE_NAME), *_security_headers(is_secure)]
+            for is_secure in (False, True)
+        },
     )
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from html import escape
 
 import orjson
-from django.conf import settings
 from django.utils import timezone
 
 from aggregation.services import deliveries_spool
@@ -43,7 +42,7 @@ MAX_PLACEMENTS = 20
 MAX_URL = 2000
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class QueryRequest:
     params: Mapping[str, str]
     origin: str | None
@@ -55,14 +54,14 @@ class QueryRequest:
     base_url: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Reply:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Answered:
     view: ClientView
     # None for an anonymous answer: no visitor, nothing recorded.
@@ -227,7 +226,6 @@ def _headers(request: QueryRequest, view: ClientView, content_type: str) -> list
         ("Content-Type", content_type),
         ("Vary", "Origin"),
         ("Cache-Control", "no-store"),
-        ("X-Coremetrics-Node", settings.NODE_NAME),
     ]
     if request.origin and request.origin in view.origins:
         headers.append(("Access-Control-Allow-Origin", request.origin))

@@ -67,6 +67,7 @@ def _delivery_view(form: Callable[[QueryRequest], Reply], doc: str) -> Callable:
         response = HttpResponse(reply.body, status=reply.status)
         for name, value in reply.headers:
             response[name] = value
+        response["X-Coremetrics-Node"] = settings.NODE_NAME
         return response
 
     view.__doc__ = doc

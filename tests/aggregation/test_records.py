@@ -12,6 +12,7 @@ from aggregation.records import (
     delivery_record,
     event_from_tag,
     event_id_new,
+    record_new,
     record_parse,
 )
 
@@ -440,3 +441,20 @@ def test_event_ids_made_here_are_unique_version_4_uuids_also_across_forked_worke
     assert len({*ids, child, event_id_new()}) == 10_002
     assert {(uuid.UUID(i).version, uuid.UUID(i).variant) for i in ids} == {(4, uuid.RFC_4122)}
     assert [str(uuid.UUID(i)) for i in ids[:100]] == ids[:100]
+
+
+def test_a_delivery_record_is_the_record_record_new_makes():
+    at = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    given = {"client_id": 3, "visitor_id": "v1", "session_id": "s1", "at": at}
+    fields = {"placement_key": "hero", "campaign_key": "spring", "content_id": 7,
+              "table_version": 2, "url": "u" * 2500, "referrer": "https://r.example/"}  # fmt: skip
+
+    made = delivery_record(**given, **fields)
+    expected = record_new(
+        client_id=3, kind="delivery", visitor_id="v1", occurred_at=at, session_id="s1",
+        **{**fields, "url": "u" * 2000},
+    )  # fmt: skip
+
+    assert list(made) == list(expected)
+    assert {**made, "event_id": "-"} == {**expected, "event_id": "-"}
+    assert uuid.UUID(made["event_id"]).version == 4
