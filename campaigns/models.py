@@ -1,7 +1,7 @@
 import secrets
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from coremetrics.models import Client
@@ -80,6 +80,21 @@ class Campaign(models.Model):
         help_text="Shown to visitors in none of the campaign's segments; empty shows nothing.",
     )
     is_active = models.BooleanField(default=True)
+
+    class CapPeriod(models.TextChoices):
+        DAY = "day", "Day (the client's time zone)"
+        SESSION = "session", "Session"
+
+    cap_views = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text=(
+            "Frequency cap: at most this many views of the campaign's personalized content per "
+            "visitor and period; past it the visitor sees the default. Empty: no cap."
+        ),
+    )
+    cap_period = models.CharField(max_length=10, choices=CapPeriod.choices, default=CapPeriod.DAY)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from delivery.criteria import RequestFacts, conditions_match
-from delivery.tables import ClientView, Table
+from delivery.tables import ClientView, PlacementView, Table
 
 
 def placements_answer(
@@ -15,11 +15,13 @@ def placements_answer(
     visitor_id: str,
     placement_keys: list[str],
     facts: Callable[[], RequestFacts] | None = None,
+    cap_take: Callable[[PlacementView], bool] | None = None,
 ) -> list[dict]:
     """One answer per placement asked: the table's content for the visitor, else the default.
 
     `facts` gives what the request says about itself, asked for only when a table has rules
-    with request-time conditions; without it no such rule holds.
+    with request-time conditions; without it no such rule holds. `cap_take` counts a view of
+    a capped campaign's content and says whether it may still be shown (else: the default).
     """
     answers: list[dict[str, Any]] = []
     for key in placement_keys:
@@ -42,6 +44,14 @@ def placements_answer(
             content_id = _content_id(table, visitor_id, view.time_zone, facts)
             if content_id is not None:
                 content, source = table.contents[content_id], "table"
+            if (
+                source == "table"
+                and content is not None
+                and placement.cap_views
+                and cap_take is not None
+                and not cap_take(placement)
+            ):
+                content, source = placement.default, "capped"
         answers.append(
             {
                 "placement": key,

@@ -13,13 +13,18 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from datetime import time as dtime
 from html import escape
+from zoneinfo import ZoneInfo
 
 import orjson
+from django.conf import settings
 from django.utils import timezone
 
 from aggregation.services import deliveries_spool
 from delivery.answers import placements_answer
+from delivery.capping import view_counter
 from delivery.clicks import click_link, click_token
 from delivery.criteria import RequestFacts
 from delivery.identity import (
@@ -29,7 +34,7 @@ from delivery.identity import (
     visitor_id_is_valid,
 )
 from delivery.selectors import QueryError, client_view_get
-from delivery.tables import ClientView
+from delivery.tables import ClientView, PlacementView
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +117,9 @@ def query_answered(request: QueryRequest, *, is_visitor_required: bool = True) -
             url=url,
             referrer=referrer,
             now=now,
+        ),
+        cap_take=lambda placement: _cap_take(
+            placement, view=view, visitor_id=visitor_id, session_id=session_id, now=now
         ),
     )
     try:
@@ -209,6 +217,29 @@ def content_fragment(content: dict | None) -> str:
     if content.get("click_url") and kind == "image":
         return f'<a href="{escape(content["click_url"])}">{element}</a>'
     return element
+
+
+def _cap_take(
+    placement: PlacementView, *, view: ClientView, visitor_id: str, session_id: str, now: float
+) -> bool:
+    """Count a view of a capped campaign's content for the visitor's day or session."""
+    if placement.cap_period == "session":
+        period = session_id
+        ends_at = int(session_id.split(".")[0], 16) + settings.SESSION_MAX_HOURS * 3600
+    else:
+        local = datetime.fromtimestamp(now, ZoneInfo(view.time_zone))
+        period = local.date().isoformat()
+        ends_at = int(
+            datetime.combine(local.date() + timedelta(days=1), dtime(), local.tzinfo).timestamp()
+        )
+    return view_counter(settings.DELIVERY_NODE_DIR / "views.bin").take(
+        campaign_id=placement.campaign_id,
+        visitor_id=visitor_id,
+        period=period,
+        ends_at=ends_at,
+        now=int(now),
+        limit=placement.cap_views or 0,
+    )
 
 
 def error_reply(error: QueryError) -> Reply:

@@ -30,6 +30,11 @@ def manifest_publish(*, client_id: int) -> dict:
                 "campaign": campaign.key,
                 "default": content_answer(campaign.default_content),
                 "version": serving.get(campaign.pk),
+                "cap": (
+                    {"views": campaign.cap_views, "per": campaign.cap_period}
+                    if campaign.cap_views
+                    else None
+                ),
             }
     manifest = {
         "client_id": client.pk,

@@ -425,6 +425,9 @@ class PlacementView:
     campaign_key: str
     default: dict[str, Any] | None
     table: Table | None
+    # Frequency cap: at most this many views of the table's content per visitor and period.
+    cap_views: int | None = None
+    cap_period: str = "day"
 
 
 @dataclass(frozen=True)
@@ -571,6 +574,8 @@ class LocalTables:
                 campaign_key=placement["campaign"],
                 default=placement["default"],
                 table=table,
+                cap_views=(placement.get("cap") or {}).get("views"),
+                cap_period=(placement.get("cap") or {}).get("per", "day"),
             )
         view = ClientView(
             client_id=manifest["client_id"],

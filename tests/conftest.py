@@ -5,6 +5,7 @@ from django.conf import settings as django_settings
 
 from aggregation.spool import spool_writer_reset
 from coremetrics.models import Membership
+from delivery.capping import view_counter_reset
 from delivery.tables import local_tables_reset
 from delivery.views import kept_tag_versions
 from tests.factories import ClientFactory, MembershipFactory, UserFactory
@@ -32,6 +33,7 @@ def isolated_storage(settings, tmp_path):
         redis.Redis.from_url(settings.REDIS_URL).flushdb()
     local_tables_reset()
     spool_writer_reset()
+    view_counter_reset()
     kept_tag_versions.clear()
     yield
     spool_writer_reset()
