@@ -1,9 +1,10 @@
 from datetime import date, timedelta
 from functools import partial
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
+from django.db import models, transaction
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -37,10 +38,24 @@ class PlacementAdmin(TenantAdmin):
     search_fields = ["key", "name"]
 
 
+class ConditionsField(forms.JSONField):
+    """Request-time conditions: left empty, none (not null)."""
+
+    def to_python(self, value):
+        converted = super().to_python(value)
+        return {} if converted is None else converted
+
+
+CONDITIONS_FIELD = {
+    models.JSONField: {"form_class": ConditionsField, "widget": forms.Textarea(attrs={"rows": 2})}
+}
+
+
 class AttachmentInline(TenantInline):
     model = Attachment
     fields = ["priority", "segment", "content", "conditions"]
     extra = 0
+    formfield_overrides = CONDITIONS_FIELD
 
 
 @admin.register(Campaign)
@@ -152,6 +167,7 @@ class CampaignAdmin(TenantAdmin):
 class AttachmentAdmin(TenantAdmin):
     rebuilds_tables = True
     list_display = ["campaign", "priority", "segment", "content", "conditions", "client"]
+    formfield_overrides = {**TenantAdmin.formfield_overrides, **CONDITIONS_FIELD}
     list_filter = ["campaign"]
 
 

@@ -114,6 +114,7 @@ KINDS = {
             "placement": str(row.placement_id),
             "default_content": str(row.default_content_id),
             "is_active": "on",
+            "cap_period": "day",
             **INLINE_EMPTY,
         },
         {"key": "renamed-campaign", "name": "renamed campaign"},
@@ -406,6 +407,7 @@ def test_marketer_campaign_add_with_other_clients_row_is_rejected(
         "placement": str(PlacementFactory(client=client_a).pk),
         "default_content": str(own.default_content_id),
         "is_active": "on",
+        "cap_period": "day",
         **INLINE_EMPTY,
     }
     data[foreign_field] = str(getattr(foreign, f"{foreign_field}_id"))
@@ -450,11 +452,13 @@ def test_marketer_new_campaign_and_its_attachments_belong_to_their_client(
         "placement": str(placement.pk),
         "default_content": str(content.pk),
         "is_active": "on",
+        "cap_period": "day",
         **INLINE_EMPTY,
         "attachments-TOTAL_FORMS": "1",
         "attachments-0-priority": "1",
         "attachments-0-segment": str(segment.pk),
         "attachments-0-content": str(content.pk),
+        "attachments-0-conditions": "",
     }
 
     response = client.post(KINDS["campaign"].url("add"), data)
@@ -465,6 +469,8 @@ def test_marketer_new_campaign_and_its_attachments_belong_to_their_client(
     assert list(campaign.attachments.values_list("client_id", "segment_id", "content_id")) == [
         (client_a.pk, segment.pk, content.pk)
     ]
+    # Conditions left empty are none, not null.
+    assert campaign.attachments.get().conditions == {}
 
 
 @pytest.mark.parametrize(

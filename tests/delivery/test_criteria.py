@@ -213,3 +213,30 @@ def test_attachments_with_conditions_decide_per_request(query_client, mobile_fir
         campaign.default_content_id,
     ]
     assert [shown(newcomer, IPAD), shown(newcomer, IPHONE)] == [tablet, campaign.default_content_id]
+
+
+@pytest.mark.django_db
+def test_the_console_refuses_bad_conditions_with_the_reason(client, marketer, client_a):
+    attachment = AttachmentFactory(campaign__client=client_a)
+    url = f"/admin/campaigns/attachment/{attachment.pk}/change/"
+    data = {
+        "campaign": attachment.campaign_id,
+        "segment": attachment.segment_id,
+        "content": attachment.content_id,
+        "priority": attachment.priority,
+        "conditions": '{"devices": ["phone"], "hours": {"from": 9}}',
+    }
+
+    refused = client.post(url, data)
+    accepted = client.post(url, {**data, "conditions": '{"devices": ["mobile"]}'})
+
+    assert refused.status_code == 200
+    assert refused.context["adminform"].form.errors == {
+        "conditions": [
+            "devices: a non-empty list of mobile, tablet, desktop, bot",
+            'hours: {"from": 0-23, "to": 1-24}, two different hours',
+        ]
+    }
+    assert accepted.status_code == 302
+    attachment.refresh_from_db()
+    assert attachment.conditions == {"devices": ["mobile"]}
