@@ -1,5 +1,6 @@
 from datetime import date, timedelta
 from functools import partial
+from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -46,7 +47,7 @@ class ConditionsField(forms.JSONField):
         return {} if converted is None else converted
 
 
-CONDITIONS_FIELD = {
+CONDITIONS_FIELD: dict[type[models.Field], dict[str, Any]] = {
     models.JSONField: {"form_class": ConditionsField, "widget": forms.Textarea(attrs={"rows": 2})}
 }
 

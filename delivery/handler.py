@@ -21,6 +21,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.http.request import split_domain_port, validate_host
 
+from delivery.criteria import criteria_warm_up
 from delivery.identity import client_address
 from delivery.query import (
     FRAGMENT_PATH,
@@ -95,41 +96,48 @@ def _config_forget(**kwargs: object) -> None:
 class DeliveryHandler:
     def __init__(self, application: WSGIApplication):
         self._application = application
-        # Load this node's tables now, so the first query finds them in memory.
+        # Load this node's tables and the user agent rules now, not in the first queries.
         local_tables().start()
+        criteria_warm_up()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         form = FORMS.get(environ.get("PATH_INFO", ""))
         if form is None:
             return self._application(environ, start_response)
+        config = _config()
         try:
-            reply = self._reply(environ, form, _config())
+            reply, is_secure = self._reply(environ, form, config)
         except Exception:
             logger.exception("delivery query failed")
-            reply = error_reply(QueryError(500, "internal error"))
+            reply, is_secure = error_reply(QueryError(500, "internal error")), False
         status = STATUS_LINES.get(reply.status) or f"{reply.status} Error"
         body = reply.body
-        start_response(status, [*reply.headers, ("Content-Length", str(len(body)))])
+        headers = [*reply.headers, *config.headers[is_secure], ("Content-Length", str(len(body)))]
+        start_response(status, headers)
         return [body]
 
     def _reply(
         self, environ: dict, form: Callable[[QueryRequest], Reply], config: _Config
-    ) -> Reply:
-        if environ.get("REQUEST_METHOD") != "GET":
-            return error_reply(QueryError(405, "the query is a GET"))
+    ) -> tuple[Reply, bool]:
+        """The reply, and whether the request came over HTTPS (for the HSTS header)."""
         host = _host(environ, config)
         if host is None:
-            return error_reply(QueryError(400, "the Host header names no site of this server"))
+            error = QueryError(400, "the Host header names no site of this server")
+            return error_reply(error), False
         is_secure = _is_secure(environ, config)
+        if environ.get("REQUEST_METHOD") != "GET":
+            reply = error_reply(QueryError(405, "the query is a GET"))
+            reply.headers.append(("Allow", "GET"))
+            return reply, is_secure
         query_string = environ.get("QUERY_STRING", "")
         if config.ssl_redirect and not is_secure:
             location = f"https://{host}{environ['PATH_INFO']}"
             location += f"?{query_string}" if query_string else ""
-            return Reply(301, [("Location", location), ("Content-Type", "text/plain")], b"")
+            return Reply(301, [("Location", location), ("Content-Type", "text/plain")], b""), False
         try:
             params = query_params(query_string, config.max_fields)
         except ValueError:
-            return error_reply(QueryError(400, "the query has too many parameters"))
+            return error_reply(QueryError(400, "the query has too many parameters")), is_secure
         reply = form(
             QueryRequest(
                 params=params,
@@ -140,8 +148,7 @@ class DeliveryHandler:
                 base_url=config.public_base_url or f"{'https' if is_secure else 'http'}://{host}",
             )
         )
-        reply.headers.extend(config.headers[is_secure])
-        return reply
+        return reply, is_secure
 
 
 def _host(environ: dict, config: _Config) -> str | None:
@@ -198,6 +205,8 @@ def _is_secure(environ: dict, config: _Config) -> bool:
 
 def _security_headers(is_secure: bool) -> list[tuple[str, str]]:
     headers = []
+    if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
+        headers.append(("Cross-Origin-Opener-Policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY))
     if settings.SECURE_CONTENT_TYPE_NOSNIFF:
         headers.append(("X-Content-Type-Options", "nosniff"))
     if settings.SECURE_REFERRER_POLICY:

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from django.conf import settings
 from django.utils import timezone
+from django.utils.encoding import iri_to_uri
 
 from aggregation.services import deliveries_spool
 from delivery.answers import placements_answer
@@ -167,9 +168,14 @@ def fragment_reply(request: QueryRequest) -> Reply:
     except QueryError as error:
         return error_reply(error)
     body = content_fragment(answer.answers[0]["content"])
-    return Reply(200, _headers(request, answer.view, "text/html; charset=utf-8"), body.encode())
+    headers = _headers(request, answer.view, "text/html; charset=utf-8")
+    # A client's own HTML, served from our host: opened as a page or framed, it runs in an
+    # opaque origin, never with this site's cookies (the console lives here too).
+    headers.append(("Content-Security-Policy", FRAGMENT_POLICY))
+    return Reply(200, headers, body.encode())
 
 
+FRAGMENT_POLICY = "sandbox allow-scripts allow-popups allow-popups-to-escape-sandbox"
 # A transparent 1x1 GIF: the image form's answer when the placement shows no image.
 PIXEL = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
@@ -185,7 +191,8 @@ def image_reply(request: QueryRequest) -> Reply:
         return error_reply(error)
     content = answer.answers[0]["content"]
     if content is not None and content["type"] == "image" and content["url"]:
-        return Reply(302, [("Location", content["url"]), ("Cache-Control", "no-store")], b"")
+        location = iri_to_uri(content["url"])
+        return Reply(302, [("Location", location), ("Cache-Control", "no-store")], b"")
     return Reply(200, [("Content-Type", "image/gif"), ("Cache-Control", "no-store")], PIXEL)
 
 

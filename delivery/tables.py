@@ -126,6 +126,23 @@ def file_write(path: Path, data: bytes) -> None:
         raise
 
 
+def file_create(path: Path, data: bytes) -> None:
+    """Create a file that never changes once there: when several processes of a node fetch the
+    same table at once, the first one's file stays and every process maps that one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
 class FileTableStore:
     def __init__(self, directory: Path):
         self._directory = Path(directory)
@@ -461,6 +478,7 @@ class LocalTables:
     UNUSED_TABLE_SECONDS = 3600
     # Logged once per this many seconds while the store stays unreachable.
     WARN_EVERY_SECONDS = 60
+    MISSING_RETRY_SECONDS = 60
 
     def __init__(self, store: TableStore, refresh_seconds: float, node_dir: Path | None = None):
         self._store = store
@@ -473,6 +491,11 @@ class LocalTables:
         self._synced = threading.Event()
         self._started_pid = 0
         self._warned_at = -float("inf")
+        # Manifests that failed to load (logged once each), tables found missing (asked for
+        # again after MISSING_RETRY_SECONDS, logged once per try).
+        self._failed: dict[str, bytes] = {}
+        self._missing: dict[tuple[int, int], float] = {}
+        self._stopped = threading.Event()
 
     def client(self, public_key: str) -> ClientView | None:
         if self._refresh_seconds <= 0:
@@ -493,17 +516,29 @@ class LocalTables:
             self._started_pid = os.getpid()
             self._synced = threading.Event()
             self._local_load()
-        thread = threading.Thread(target=self._run, name="delivery-tables", daemon=True)
+        self._stopped = threading.Event()
+        thread = threading.Thread(
+            target=self._run, args=(self._stopped,), name="delivery-tables", daemon=True
+        )
         thread.start()
         if not self._held:
             # A node with no local copy waits briefly for its first sync, never longer.
             self._synced.wait(0.05)
 
-    def _run(self) -> None:
-        while True:
-            self.sync()
+    def _run(self, stopped: threading.Event) -> None:
+        while not stopped.is_set():
+            try:
+                self.sync()
+            except Exception:
+                # Whatever went wrong, the next round tries again: a dead thread would freeze
+                # this process on its current tables for good.
+                logger.exception("table refresh failed")
             self._synced.set()
-            time.sleep(self._refresh_seconds)
+            stopped.wait(self._refresh_seconds)
+
+    def stop(self) -> None:
+        """End the refresh thread (tests, and a process shutting its tables down)."""
+        self._stopped.set()
 
     def sync(self) -> None:
         """Take in whatever was published since the last sync; keep what is held on failure."""
@@ -514,31 +549,47 @@ class LocalTables:
                     return
                 raws = self._store.manifests_all()
             except Exception:
-                now = time.monotonic()
-                if now - self._warned_at >= self.WARN_EVERY_SECONDS:
-                    self._warned_at = now
-                    logger.warning("table store unreachable; serving the copy held", exc_info=True)
+                self._warn("table store unreachable; serving the copy held")
+                return
+            if not raws and self._held:
+                # A store emptied by a restart without persistence, or a failover to an empty
+                # replica, is not every client unpublished: keep serving until it is filled.
+                self._warn("table store holds no manifests; serving the copy held")
                 return
             self._warned_at = -float("inf")
-            self._apply(raws)
-            self._seen_version = version
+            is_whole = self._apply(raws)
+            # A manifest that failed to load is read again next time, not skipped as seen.
+            self._seen_version = version if is_whole else None
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= self.WARN_EVERY_SECONDS:
+            self._warned_at = now
+            logger.warning(message, exc_info=True)
 
     def _is_complete(self) -> bool:
         return all(held.is_complete for held in self._held.values())
 
-    def _apply(self, raws: dict[str, bytes]) -> None:
+    def _apply(self, raws: dict[str, bytes]) -> bool:
+        """Swap in the views of these manifests; False when one of them could not be loaded
+        (its client keeps the view held, if any)."""
         held_now: dict[str, _Held] = {}
         tables: dict[tuple[int, int], Table] = {}
+        is_whole = True
         for public_key, raw in raws.items():
             held = self._held.get(public_key)
             if held is None or raw != held.raw or not held.is_complete:
                 try:
                     held = self._view_load(raw)
                 except Exception:
-                    logger.exception("could not load the published tables of %s", public_key)
+                    is_whole = False
+                    if self._failed.get(public_key) != raw:
+                        self._failed[public_key] = raw
+                        logger.exception("could not load the published tables of %s", public_key)
                     if held is None:
                         continue
                 else:
+                    self._failed.pop(public_key, None)
                     self._manifest_keep(public_key, raw)
             held_now[public_key] = held
             for placement in held.view.placements.values():
@@ -546,10 +597,12 @@ class LocalTables:
                     table = placement.table
                     tables[(table.campaign_id, table.version)] = table
         for public_key in set(self._held) - set(held_now):
-            self._manifest_keep(public_key, None)
+            if public_key not in raws:
+                self._manifest_keep(public_key, None)
         # Readers take one reference or the other: never a mix.
         self._held, self._tables = held_now, tables
         self._local_prune()
+        return is_whole
 
     def _view_load(self, raw: bytes, *, fetch: bool = True) -> _Held:
         manifest = orjson.loads(raw)
@@ -601,15 +654,21 @@ class LocalTables:
                 logger.warning("local copy of table %s v%s unreadable", campaign_id, version)
         if not fetch:
             return None
+        missed_at = self._missing.get((campaign_id, version))
+        retry_after = self.MISSING_RETRY_SECONDS if self._refresh_seconds > 0 else 0
+        if missed_at is not None and time.monotonic() - missed_at < retry_after:
+            return None
         raw = self._store.table_get(campaign_id, version)
         if raw is None:
             # Only this campaign falls back to its default; the client's others still serve.
+            self._missing[(campaign_id, version)] = time.monotonic()
             logger.error("table %s v%s is named but missing", campaign_id, version)
             return None
+        self._missing.pop((campaign_id, version), None)
         table = table_decode(raw)
         if path is None:
             return table
-        file_write(path, raw)
+        file_create(path, raw)
         return table_map(path)
 
     def _manifest_keep(self, public_key: str, raw: bytes | None) -> None:
@@ -665,6 +724,17 @@ class LocalTables:
 _local: LocalTables | None = None
 
 
+def _after_fork_in_child() -> None:
+    # A fork while the parent's refresh thread held the lock would leave it held for good in
+    # the child, whose thread does not exist: the child starts afresh with its own.
+    if _local is not None:
+        _local._sync_lock = threading.Lock()
+        _local._started_pid = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def local_tables() -> LocalTables:
     """This process's copy of the published tables."""
     global _local
@@ -677,5 +747,7 @@ def local_tables() -> LocalTables:
 
 def local_tables_reset() -> None:
     global _local
+    if _local is not None:
+        _local.stop()
     _local = None
     store_get.cache_clear()

@@ -87,6 +87,7 @@ def click(request: HttpRequest) -> HttpResponse:
             request.GET.get("t", ""),
             visitor_id=request.GET.get("v", ""),
             session_id=request.GET.get("s", ""),
+            mac=request.GET.get("m", ""),
         )
         view = client_view_get(key=data["k"])
     except (ClickError, QueryError) as error:

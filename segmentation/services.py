@@ -33,6 +33,7 @@ from campaigns.selectors import (
 from campaigns.services import NOTHING, assignments_record, experiment_splits
 from coremetrics.models import Client
 from coremetrics.selectors import clients_all
+from delivery.criteria import conditions_check
 from delivery.services import (
     manifest_publish,
     table_discard,
@@ -143,9 +144,11 @@ def _table_compute(campaign) -> TableContent:
         ).values_list("visitor_id", flat=True)
         # A running A/B test of this segment splits its visitors among the test's groups.
         split = splits.get(attachment.pk)
+        problems = conditions_check(attachment.conditions)
         if attachment.conditions and split is not None:
-            raise RuleError([f"{_attachment_label(attachment)}: an A/B test needs an "
-                             "attachment without request-time conditions"])  # fmt: skip
+            problems.append("an A/B test needs an attachment without request-time conditions")
+        if problems:
+            raise RuleError([f"{_attachment_label(attachment)}: {p}" for p in problems])
         bit = 0
         if attachment.conditions:
             if len(table.rules) == MAX_RULES:
@@ -186,6 +189,13 @@ def _table_compute(campaign) -> TableContent:
             if NOTHING in split.shows.values():
                 table.contents[NOTHING_ID] = None
     table.unknown = (unknown_content, unknown_mask)
+    if table.unknown != (None, 0):
+        # The newcomers' answer is for visitors without a profile: every profiled visitor the
+        # table would otherwise leave out gets a row of their own (the default, no rules).
+        profiled = profiles_matching(client_id=campaign.client_id, condition=Q())
+        for visitor_id in profiled.values_list("visitor_id", flat=True).iterator(chunk_size=5000):
+            if visitor_id not in table.visitors:
+                table.masks.setdefault(visitor_id, 0)
     table.overlaps = [
         {
             "winner": _attachment_label(attachments[winner]),

@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from aggregation.models import Event
 from aggregation.services import spool_consolidate
-from delivery.clicks import SALT, click_read, click_token
+from delivery.clicks import SALT, click_link, click_read, click_token
 from delivery.identity import visitor_id_issue
 from segmentation.services import table_build
 from tests.delivery.test_query import QUERY
@@ -65,16 +65,31 @@ def test_no_link_can_send_the_browser_elsewhere(client, published):
         client.get(CLICK, {**params, "u": "https://evil.example/"}),  # extra parameters: ignored
         client.get(CLICK, {**params, "v": "made-up-visitor"}),
         client.get(CLICK, {**params, "s": "<script>"}),
+        client.get(CLICK, {**params, "v": visitor_id_issue()}),  # someone else's, issued
+        client.get(CLICK, {**params, "s": "5f0e1a2b.0123456789ab"}),
         client.get(CLICK),
     ]
 
-    assert [answer.status_code for answer in answers] == [400, 400, 400, 302, 400, 400, 400]
+    assert [answer.status_code for answer in answers] == [
+        400,
+        400,
+        400,
+        302,
+        400,
+        400,
+        400,
+        400,
+        400,
+    ]
     assert answers[3]["Location"] == attachment.content.click_url
-    assert [answers[0].content, answers[4].content, answers[5].content] == [
-        b"this is not a click-through link of this server\n",
+    changed = b"this link was changed: v and s are not the ones it was given with\n"
+    assert [answer.content for answer in answers[4:8]] == [
         b"v is not a visitor id issued by this server\n",
         b"s is not a session id\n",
+        changed,
+        changed,
     ]
+    assert answers[0].content == b"this is not a click-through link of this server\n"
     spool_consolidate()
     assert Event.objects.filter(type="click").count() == 1
 
@@ -120,8 +135,12 @@ def test_tokens_round_trip():
         client_key="k", campaign_key="c", content_id=3, version=2, target="https://shop.example/x"
     )
     visitor_id = visitor_id_issue()
+    session_id = "5f0e1a2b.0123456789ab"
+    link = click_link("https://d.example/d/v1/click", token=token, visitor_id=visitor_id,
+                      session_id=session_id)  # fmt: skip
+    mac = link.rsplit("&m=", 1)[1]
 
-    assert click_read(token, visitor_id=visitor_id, session_id="5f0e1a2b.0123456789ab") == {
+    assert click_read(token, visitor_id=visitor_id, session_id=session_id, mac=mac) == {
         "k": "k",
         "v": visitor_id,
         "s": "5f0e1a2b.0123456789ab",

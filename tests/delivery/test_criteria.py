@@ -126,6 +126,7 @@ def test_every_condition_given_must_hold(geoip):
     assert conditions_match({}, _facts(), time_zone="UTC") is True
 
 
+COUNTRIES_ERROR = "countries: a non-empty list of two-letter country codes (DE, FR)"
 HOURS_ERROR = 'hours: {"from": 0-23, "to": 1-24}, two different hours'
 
 
@@ -133,11 +134,12 @@ HOURS_ERROR = 'hours: {"from": 0-23, "to": 1-24}, two different hours'
     ("conditions", "errors"),
     [
         ({"devices": ["mobile"], "hours": {"from": 22, "to": 6}, "weekdays": [0, 6],
-          "countries": ["de"], "page_contains": "x", "referrer_contains": "y"}, []),
+          "countries": ["DE"], "page_contains": "x", "referrer_contains": "y"}, []),
         ([], ["conditions must be an object"]),
         ({"device": ["mobile"]}, ["device: not a condition"]),
         ({"devices": ["phone"]}, ["devices: a non-empty list of mobile, tablet, desktop, bot"]),
-        ({"countries": ["Germany"]}, ["countries: a non-empty list of two-letter country codes"]),
+        ({"countries": ["de"]}, [COUNTRIES_ERROR]),
+        ({"countries": ["Germany"]}, [COUNTRIES_ERROR]),
         ({"hours": {"from": 9, "to": 9}}, [HOURS_ERROR]),
         ({"hours": {"from": 9}}, [HOURS_ERROR]),
         ({"weekdays": [7]}, ["weekdays: a non-empty list of days, 0 (Monday) to 6 (Sunday)"]),
@@ -240,3 +242,30 @@ def test_the_console_refuses_bad_conditions_with_the_reason(client, marketer, cl
     assert accepted.status_code == 302
     attachment.refresh_from_db()
     assert attachment.conditions == {"devices": ["mobile"]}
+
+
+@pytest.mark.django_db
+def test_the_newcomers_answer_is_only_for_visitors_without_a_profile(query_client):
+    welcome = AttachmentFactory(segment__rule={"field": "first_time", "op": "is", "value": True})
+    campaign = welcome.campaign
+    regular = ProfileFactory(client=campaign.client, visits=50)
+    table_build(campaign_id=campaign.pk)
+
+    def shown(visitor_id):
+        params = {"k": campaign.client.public_key, "v": visitor_id, "p": campaign.placement.key}
+        return query_client.get(QUERY, params).json()["placements"][0]["content"]["id"]
+
+    assert [shown(visitor_id_issue()), shown(regular.visitor_id)] == [
+        welcome.content_id,
+        campaign.default_content_id,
+    ]
+
+
+@pytest.mark.django_db
+def test_a_build_refuses_conditions_that_were_never_checked():
+    attachment = AttachmentFactory(conditions={"hours": {"from": 9}})
+
+    version = table_build(campaign_id=attachment.campaign_id)
+
+    assert version.status == "failed"
+    assert 'hours: {"from": 0-23, "to": 1-24}, two different hours' in version.error

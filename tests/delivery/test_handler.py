@@ -134,3 +134,25 @@ def test_a_query_with_too_many_parameters_is_refused(published, settings):
         400,
         {"error": "the query has too many parameters"},
     )
+
+
+def test_every_reply_of_the_handler_carries_the_security_headers(published, settings):
+    refused_host = HandlerClient().get(QUERY, _params(published), HTTP_HOST="evil.example")
+    wrong_method = HandlerClient().post(QUERY, _params(published))
+
+    for response in (refused_host, wrong_method):
+        assert response["X-Content-Type-Options"] == "nosniff"
+        assert response["X-Coremetrics-Node"] == settings.NODE_NAME
+    assert (wrong_method.status_code, wrong_method["Allow"]) == (405, "GET")
+
+
+def test_a_fragment_runs_sandboxed_away_from_this_sites_cookies(published):
+    attachment, buyer = published
+    params = {"k": attachment.client.public_key, "v": buyer.visitor_id,
+              "p": attachment.campaign.placement.key}  # fmt: skip
+
+    response = HandlerClient().get("/d/v1/content", params)
+
+    assert response["Content-Security-Policy"] == (
+        "sandbox allow-scripts allow-popups allow-popups-to-escape-sandbox"
+    )

@@ -38,10 +38,10 @@ def test_query_answers_from_published_table_without_database(
     link = data["placements"][0]["content"].pop("click_url")
     assert link.startswith("http://testserver/d/v1/click?t=")
     token, rest = link.split("?t=")[1].split("&v=")
-    assert rest.startswith(f"{buyer.visitor_id}&s={data['session']}")
-    assert click_read(token, visitor_id=buyer.visitor_id, session_id=data["session"])["u"] == (
-        attachment.content.click_url
-    )
+    visitor_and_session, mac = rest.split("&m=")
+    assert visitor_and_session == f"{buyer.visitor_id}&s={data['session']}"
+    read = click_read(token, visitor_id=buyer.visitor_id, session_id=data["session"], mac=mac)
+    assert read["u"] == attachment.content.click_url
     assert data["placements"] == [
         {
             "placement": campaign.placement.key,

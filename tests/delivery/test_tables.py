@@ -13,6 +13,7 @@ from delivery.tables import (
     RedisTableStore,
     Table,
     TableFormatError,
+    file_create,
     table_decode,
     table_encode,
 )
@@ -109,6 +110,21 @@ class UnreachableStore:
             return method(*args)
 
         return call
+
+
+@pytest.fixture
+def started():
+    """LocalTables made here whose refresh threads are stopped after the test."""
+    made = []
+
+    def make(*args):
+        local = LocalTables(*args)
+        made.append(local)
+        return local
+
+    yield make
+    for local in made:
+        local.stop()
 
 
 def _eventually(check, seconds=5.0):
@@ -251,11 +267,11 @@ def test_local_tables_serves_a_new_version_on_the_next_call(store):
 
 
 def test_a_node_process_follows_publishes_in_the_background_and_requests_never_wait(
-    store, tmp_path
+    store, tmp_path, started
 ):
     watched = UnreachableStore(store)
     _publish(store, 1)
-    local = LocalTables(watched, 0.02, tmp_path / "node")
+    local = started(watched, 0.02, tmp_path / "node")
     _eventually(lambda: local.client(PUBLIC_KEY) is not None)
     assert _served(local.client(PUBLIC_KEY)) == 1
 
@@ -265,10 +281,10 @@ def test_a_node_process_follows_publishes_in_the_background_and_requests_never_w
     assert watched.callers == {"delivery-tables"}
 
 
-def test_a_node_keeps_serving_while_the_store_is_unreachable(store, tmp_path, caplog):
+def test_a_node_keeps_serving_while_the_store_is_unreachable(store, tmp_path, caplog, started):
     caplog.set_level(logging.WARNING, logger="delivery.tables")
     unreachable = UnreachableStore(store)
-    local = LocalTables(unreachable, 0.01, tmp_path / "node")
+    local = started(unreachable, 0.01, tmp_path / "node")
     _publish(store, 1)
     _eventually(lambda: local.client(PUBLIC_KEY) is not None)
     held = local.client(PUBLIC_KEY)
@@ -287,14 +303,16 @@ def test_a_node_keeps_serving_while_the_store_is_unreachable(store, tmp_path, ca
     _eventually(lambda: _served(local.client(PUBLIC_KEY)) == 2)
 
 
-def test_a_restarted_node_serves_its_local_copy_at_once_even_without_the_store(store, tmp_path):
+def test_a_restarted_node_serves_its_local_copy_at_once_even_without_the_store(
+    store, tmp_path, started
+):
     _publish(store, 1)
     first = LocalTables(store, 0, tmp_path / "node")
     assert _served(first.client(PUBLIC_KEY)) == 1
 
     unreachable = UnreachableStore(store)
     unreachable.is_down = True
-    restarted = LocalTables(unreachable, 60, tmp_path / "node")
+    restarted = started(unreachable, 60, tmp_path / "node")
     view = restarted.client(PUBLIC_KEY)
 
     table = view.placements["hero"].table
@@ -394,3 +412,62 @@ def test_readers_never_see_a_mix_of_two_versions(store):
     assert failures == []
     assert seen == sorted(seen)
     assert seen[-1] == 50
+
+
+class FlakyTables(UnreachableStore):
+    """Manifests answer, but the next table read fails once (Redis dropping mid-sync)."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.table_failures = 0
+
+    def __getattr__(self, name):
+        if name == "table_get" and self.table_failures:
+            self.table_failures -= 1
+            raise ConnectionError("dropped")
+        return super().__getattr__(name)
+
+
+def test_a_publish_whose_table_failed_to_load_is_taken_in_at_the_next_sync(
+    store, tmp_path, started
+):
+    flaky = FlakyTables(store)
+    local = started(flaky, 60, tmp_path / "node")
+    _publish(store, 1)
+    local.sync()
+    assert _served(local.client(PUBLIC_KEY)) == 1
+
+    _publish(store, 2)
+    flaky.table_failures = 1
+    local.sync()
+    held = _served(local.client(PUBLIC_KEY))
+    local.sync()
+
+    assert (held, _served(local.client(PUBLIC_KEY))) == (1, 2)
+
+
+def test_an_emptied_store_does_not_unpublish_every_client(store, tmp_path, caplog, started):
+    local = started(store, 60, tmp_path / "node")
+    _publish(store, 1)
+    local.sync()
+    emptied = UnreachableStore(store)
+    emptied.manifests_version = lambda: "restarted empty"
+    emptied.manifests_all = lambda: {}
+    local._store = emptied
+
+    local.sync()
+
+    assert _served(local.client(PUBLIC_KEY)) == 1
+    assert "table store holds no manifests; serving the copy held" in caplog.text
+    assert (tmp_path / "node" / "manifests" / f"{PUBLIC_KEY}.json").exists()
+
+
+def test_several_processes_of_a_node_fetching_one_table_keep_the_first_file(tmp_path):
+    path = tmp_path / "node" / "tables" / "7-1.cmt"
+
+    file_create(path, b"first")
+    inode = path.stat().st_ino
+    file_create(path, b"second")
+
+    assert (path.read_bytes(), path.stat().st_ino) == (b"first", inode)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["7-1.cmt"]
