@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from delivery.criteria import RequestFacts, conditions_match
-from delivery.tables import ClientView, PlacementView, Table
+from delivery.tables import ClientView, PlacementView, Rule, Table
 
 
 def placements_answer(
@@ -62,6 +62,21 @@ def placements_answer(
             }
         )
     return answers
+
+
+def table_content_id(table: Table, visitor_id: str) -> int | None:
+    """The visitor's content id in a table when no request-time condition holds (None: the
+    default); a visitor the table does not name gets its newcomers' answer."""
+    index = table.visitors.find(visitor_id)
+    return table.visitors.content_at(index) if index >= 0 else table.unknown_content
+
+
+def table_rules_of(table: Table, visitor_id: str) -> list[Rule]:
+    """The rules (attachments with request-time conditions) that apply to the visitor, first
+    to be tried first."""
+    index = table.visitors.find(visitor_id)
+    mask = table.visitors.mask_at(index) if index >= 0 else table.unknown_mask
+    return [rule for position, rule in enumerate(table.rules) if mask >> position & 1]
 
 
 def _content_id(

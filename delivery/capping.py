@@ -22,6 +22,7 @@ import mmap
 import os
 import struct
 import threading
+import time
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class ViewCounter:
             os.ftruncate(self._fd, SLOTS * SLOT.size)
         self._map = mmap.mmap(self._fd, SLOTS * SLOT.size)
         self._lock = threading.Lock()
+        self._warned_at = -float("inf")
 
     def take(
         self, *, campaign_id: int, visitor_id: str, period: str, ends_at: int, now: int, limit: int
@@ -71,7 +73,10 @@ class ViewCounter:
             if free is None and (slot_key == 0 or slot_ends_at <= now):
                 free = offset
         if free is None:
-            logger.warning("view counter full around slot %d; a view went uncounted", start)
+            now_seconds = time.monotonic()
+            if now_seconds - self._warned_at >= 60:  # once a minute, not once a request
+                self._warned_at = now_seconds
+                logger.warning("view counter full around slot %d; views go uncounted", start)
             return True
         SLOT.pack_into(self._map, free, key, ends_at, 1)
         return True

@@ -33,6 +33,7 @@ from campaigns.selectors import (
 from campaigns.services import NOTHING, assignments_record, experiment_splits
 from coremetrics.models import Client
 from coremetrics.selectors import clients_all
+from delivery.answers import table_content_id, table_rules_of
 from delivery.criteria import conditions_check
 from delivery.services import (
     manifest_publish,
@@ -466,11 +467,21 @@ def visitor_explain(*, campaign_id: int, visitor_id: str, client_id: int | None)
         else None
     )
     default = _content(campaign.default_content)
-    content_id = table.visitors.get(visitor_id) if table is not None else None
+    # Without request facts: what the visitor gets when no request-time condition holds.
+    content_id = None
     served = default
-    if table is not None and content_id is not None:
-        answer = table.contents.get(content_id)
-        served = {"id": answer["id"], "name": answer["name"]} if answer else None
+    request_rules = []
+    if table is not None:
+        content_id = table_content_id(table, visitor_id)
+        if content_id is not None:
+            served = _content_answer(table.contents.get(content_id))
+        request_rules = [
+            {
+                "content": _content_answer(table.contents.get(rule.content_id)),
+                "conditions": rule.conditions,
+            }
+            for rule in table_rules_of(table, visitor_id)
+        ]
     now = timezone.now()
     attachments: list[dict] = []
     winner: dict | None = None
@@ -487,10 +498,11 @@ def visitor_explain(*, campaign_id: int, visitor_id: str, client_id: int | None)
             "priority": attachment.priority,
             "segment": attachment.segment.name,
             "content": _content(attachment.content),
+            "conditions": attachment.conditions,
             "matches_now": matches,
         }
         attachments.append(entry)
-        if matches and winner is None:
+        if matches and winner is None and not attachment.conditions:
             winner = entry
     next_content = winner["content"] if winner else default
     return {
@@ -508,10 +520,16 @@ def visitor_explain(*, campaign_id: int, visitor_id: str, client_id: int | None)
         ),
         "served": served,
         "served_by": "table" if content_id is not None else "default",
+        # Attachments with request-time conditions that would beat `served` when they hold.
+        "request_rules": request_rules,
         "attachments": attachments,
         "winner_now": winner,
         "is_current": _id(next_content) == _id(served),
     }
+
+
+def _content_answer(answer: dict | None) -> dict | None:
+    return {"id": answer["id"], "name": answer["name"]} if answer else None
 
 
 def _content(content) -> dict | None:

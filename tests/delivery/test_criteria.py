@@ -17,7 +17,7 @@ from delivery.criteria import (
     device_type,
 )
 from delivery.identity import visitor_id_issue
-from segmentation.services import table_build
+from segmentation.services import table_build, visitor_explain
 from tests.delivery.test_query import QUERY
 from tests.factories import AttachmentFactory, ExperimentFactory, ProfileFactory, SegmentFactory
 
@@ -269,3 +269,23 @@ def test_a_build_refuses_conditions_that_were_never_checked():
 
     assert version.status == "failed"
     assert 'hours: {"from": 0-23, "to": 1-24}, two different hours' in version.error
+
+
+@pytest.mark.django_db
+def test_explain_names_the_request_time_rules_that_would_beat_the_table(mobile_first):
+    campaign = mobile_first["campaign"]
+
+    buyer = visitor_explain(
+        campaign_id=campaign.pk, visitor_id=mobile_first["buyer"].visitor_id, client_id=None
+    )
+    newcomer = visitor_explain(
+        campaign_id=campaign.pk, visitor_id=visitor_id_issue(), client_id=None
+    )
+
+    buyers, mobile, tablet = (mobile_first[key].content for key in ("buyers", "mobile", "tablet"))
+    assert (buyer["served"]["id"], buyer["winner_now"]["content"]["id"]) == (buyers.pk, buyers.pk)
+    assert [(r["content"]["id"], r["conditions"]) for r in buyer["request_rules"]] == [
+        (mobile.pk, {"devices": ["mobile"]})
+    ]
+    assert newcomer["served"]["id"] == campaign.default_content_id
+    assert [r["content"]["id"] for r in newcomer["request_rules"]] == [tablet.pk]
