@@ -15,9 +15,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from aggregation.ratelimit import RateLimiter
-from aggregation.records import RecordError, timestamp_ms
-from aggregation.services import events_collect
-from delivery.identity import SESSION_ID_RE, visitor_id_is_valid
+from aggregation.services import batch_errors, events_collect
 from delivery.selectors import QueryError, client_view_get
 
 logger = logging.getLogger(__name__)
@@ -55,7 +53,7 @@ def collect(request: HttpRequest) -> HttpResponse:
         batch = json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return _reply(request, 400, {"error": "body is not JSON"})
-    errors = _batch_errors(batch)
+    errors = batch_errors(batch)
     if errors:
         return _reply(request, 400, {"error": "invalid batch", "errors": errors})
     wait = _limiter().take(view.client_id, len(batch["events"]), now=time.monotonic())
@@ -89,25 +87,3 @@ def _limiter() -> RateLimiter:
 def _refuse_constant(name: str) -> float:
     # NaN and Infinity are not JSON, though Python's parser takes them by default.
     raise ValueError(f"{name} is not JSON")
-
-
-def _batch_errors(batch: object) -> list[str]:
-    if not isinstance(batch, dict):
-        return ["body must be a JSON object"]
-    errors = []
-    visitor_id = batch.get("visitor")
-    if not isinstance(visitor_id, str) or not visitor_id_is_valid(visitor_id):
-        errors.append("visitor must be a visitor id issued by this server")
-    session_id = batch.get("session")
-    if not isinstance(session_id, str) or not SESSION_ID_RE.fullmatch(session_id):
-        errors.append("session must be a session id issued by this server")
-    try:
-        timestamp_ms(batch.get("sent_at"), "sent_at")
-    except RecordError as error:
-        errors.append(str(error))
-    events = batch.get("events")
-    if not isinstance(events, list) or not events:
-        errors.append("events must be a non-empty list")
-    elif len(events) > settings.COLLECT_MAX_EVENTS:
-        errors.append(f"events holds more than {settings.COLLECT_MAX_EVENTS} events")
-    return errors

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
+
 from aggregation import spool
 from aggregation.records import (
     TEXT_LIMITS,
@@ -12,7 +14,9 @@ from aggregation.records import (
     delivery_record,
     event_from_tag,
     record_new,
+    timestamp_ms,
 )
+from delivery.identity import SESSION_ID_RE, visitor_id_is_valid
 
 
 @dataclass
@@ -106,3 +110,27 @@ def click_spool(
             )
         ]
     )
+
+
+def batch_errors(batch: object) -> list[str]:
+    """What is wrong with an event batch as a whole (its events are checked one by one when
+    collected); [] when nothing is."""
+    if not isinstance(batch, dict):
+        return ["body must be a JSON object"]
+    errors = []
+    visitor_id = batch.get("visitor")
+    if not isinstance(visitor_id, str) or not visitor_id_is_valid(visitor_id):
+        errors.append("visitor must be a visitor id issued by this server")
+    session_id = batch.get("session")
+    if not isinstance(session_id, str) or not SESSION_ID_RE.fullmatch(session_id):
+        errors.append("session must be a session id issued by this server")
+    try:
+        timestamp_ms(batch.get("sent_at"), "sent_at")
+    except RecordError as error:
+        errors.append(str(error))
+    events = batch.get("events")
+    if not isinstance(events, list) or not events:
+        errors.append("events must be a non-empty list")
+    elif len(events) > settings.COLLECT_MAX_EVENTS:
+        errors.append(f"events holds more than {settings.COLLECT_MAX_EVENTS} events")
+    return errors
