@@ -11,25 +11,85 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from campaigns.models import Attachment, Campaign, Content, Experiment, ExperimentGroup, Placement
+from campaigns.models import (
+    Attachment,
+    Campaign,
+    Content,
+    ContentChange,
+    Experiment,
+    ExperimentGroup,
+    Placement,
+)
 from campaigns.selectors import campaign_report
 from campaigns.services import (
     ExperimentError,
+    content_approve,
+    content_delete,
+    content_save,
     experiment_end,
     experiment_reallocate,
     experiment_results,
     experiment_start,
 )
-from coremetrics.tenancy import TenantAdmin, TenantInline
+from coremetrics.tenancy import (
+    ReadOnlyTenantAdmin,
+    TenantAdmin,
+    TenantInline,
+    client_of,
+    is_client_admin,
+)
 from segmentation.services import visitor_explain
 
 
 @admin.register(Content)
 class ContentAdmin(TenantAdmin):
+    """Script and HTML content waits for a client admin's approval; every change to it is in
+    the audit log (Content changes)."""
+
     rebuilds_tables = True
-    list_display = ["name", "type", "url", "click_url", "client"]
-    list_filter = ["type"]
+    list_display = ["name", "type", "url", "click_url", "is_approved", "client"]
+    list_filter = ["type", "is_approved"]
     search_fields = ["name", "url"]
+    readonly_fields = ["is_approved"]
+    actions = ["approve"]
+
+    def save_model(self, request, obj, form, change):
+        if not request.user.is_superuser:
+            obj.client = client_of(request)
+        content_save(content=obj, by=request.user.get_username(), is_admin=is_client_admin(request))
+        self._tables_rebuild([obj.client_id])
+
+    def delete_model(self, request, obj):
+        content_delete(content=obj, by=request.user.get_username())
+        self._tables_rebuild([obj.client_id])
+
+    def delete_queryset(self, request, queryset):
+        client_ids = list(queryset.values_list("client_id", flat=True).distinct())
+        for content in queryset:
+            content_delete(content=content, by=request.user.get_username())
+        self._tables_rebuild(client_ids)
+
+    @admin.action(
+        description="Approve the selected script and HTML content", permissions=["approve"]
+    )
+    def approve(self, request, queryset):
+        approved = sum(
+            content_approve(content=content, by=request.user.get_username()) for content in queryset
+        )
+        self._tables_rebuild(list(queryset.values_list("client_id", flat=True).distinct()))
+        self.message_user(request, f"{approved} approved; the tables are being rebuilt.")
+
+    def has_approve_permission(self, request) -> bool:
+        return is_client_admin(request)
+
+
+@admin.register(ContentChange)
+class ContentChangeAdmin(ReadOnlyTenantAdmin):
+    """The audit log of script and HTML content (who, what, the code before and after)."""
+
+    list_display = ["at", "content_name", "action", "by", "is_approved", "client"]
+    list_filter = ["action", "is_approved"]
+    search_fields = ["content_name", "by"]
 
 
 @admin.register(Placement)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
@@ -14,8 +14,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from campaigns.models import Attachment, Campaign, Content, Experiment, ExperimentGroup, Placement
-from campaigns.services import ExperimentError, experiment_end, experiment_results, experiment_start
+from campaigns.services import (
+    ExperimentError,
+    content_delete,
+    content_save,
+    experiment_end,
+    experiment_results,
+    experiment_start,
+)
 from coremetrics.api import TenantModelSerializer, TenantViewSet, writing_client
+from coremetrics.tokens import ApiToken
 
 
 class PlacementSerializer(TenantModelSerializer):
@@ -34,8 +42,11 @@ class PlacementViewSet(TenantViewSet):
 class ContentSerializer(TenantModelSerializer):
     class Meta:
         model = Content
-        fields = ["id", "name", "type", "url", "click_url", "html", "alt_text", "created_at"]
-        read_only_fields = ["created_at"]
+        fields = [
+            "id", "name", "type", "url", "click_url", "html", "alt_text", "is_approved",
+            "created_at",
+        ]  # fmt: skip
+        read_only_fields = ["is_approved", "created_at"]
 
     def validate(self, attrs: dict) -> dict:
         attrs = super().validate(attrs)
@@ -50,10 +61,37 @@ class ContentSerializer(TenantModelSerializer):
 
 
 class ContentViewSet(TenantViewSet):
+    """Script and HTML content sent through the API waits for a client admin's approval in
+    the console; every change to it is in the audit log."""
+
     queryset = Content.objects.order_by("name")
     serializer_class = ContentSerializer
-    filterset_fields = ["type", "name"]
+    filterset_fields = ["type", "name", "is_approved"]
     ordering_fields = ["name", "created_at"]
+
+    def perform_create(self, serializer: serializers.BaseSerializer) -> None:
+        content = Content(**serializer.validated_data, client=writing_client(self.request))
+        serializer.instance = content_save(content=content, by=_by(self.request), is_admin=False)
+
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        writing_client(self.request)
+        content = serializer.instance
+        for name, value in serializer.validated_data.items():
+            setattr(content, name, value)
+        content_save(content=content, by=_by(self.request), is_admin=False)
+
+    def perform_destroy(self, instance: models.Model) -> None:
+        writing_client(self.request)
+        assert isinstance(instance, Content)
+        in_use = Campaign.objects.filter(default_content=instance).exists()
+        if in_use or instance.attachments.exists():
+            raise exceptions.ValidationError({"detail": "still in use by a campaign"})
+        content_delete(content=instance, by=_by(self.request))
+
+
+def _by(request: Request) -> str:
+    token = request.auth if isinstance(request.auth, ApiToken) else None
+    return f"API token {token.name!r}" if token else request.user.get_username()
 
 
 class CampaignSerializer(TenantModelSerializer):

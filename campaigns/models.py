@@ -27,6 +27,13 @@ class Content(models.Model):
     click_url = models.URLField(max_length=1000, blank=True, help_text="Click-through address.")
     html = models.TextField(blank=True, help_text="The fragment itself, for HTML content.")
     alt_text = models.CharField(max_length=300, blank=True)
+    is_approved = models.BooleanField(
+        default=True,
+        help_text=(
+            "Script and HTML content runs in the client's pages: it serves once a client admin "
+            "approved this version of it (a marketer's change waits for approval)."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -45,6 +52,36 @@ class Content(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ContentChange(models.Model):
+    """The audit log of script and HTML content: who created, changed, approved or deleted
+    what, with the code before and after."""
+
+    class Action(models.TextChoices):
+        CREATED = "created", "Created"
+        CHANGED = "changed", "Changed"
+        APPROVED = "approved", "Approved"
+        DELETED = "deleted", "Deleted"
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="content_changes")
+    content = models.ForeignKey(
+        Content, on_delete=models.SET_NULL, null=True, blank=True, related_name="changes"
+    )
+    content_name = models.CharField(max_length=200)
+    action = models.CharField(max_length=10, choices=Action.choices)
+    by = models.CharField(max_length=200, help_text="The user, or the API token by name.")
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+    is_approved = models.BooleanField(help_text="Whether the content serves after this change.")
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["client", "-at"], name="contentchange_client_at_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.content_name}: {self.action} by {self.by}"
 
 
 class Placement(models.Model):

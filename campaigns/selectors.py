@@ -11,8 +11,9 @@ from campaigns.models import Attachment, Campaign, Content
 
 
 def content_answer(content: Content | None) -> dict | None:
-    """The content as delivery answers it; None means 'show nothing'."""
-    if content is None:
+    """The content as delivery answers it; None means 'show nothing' (also for script or HTML
+    content still waiting for approval)."""
+    if content is None or not content.is_approved:
         return None
     return {
         "id": content.pk,

@@ -1,4 +1,5 @@
-"""A/B tests (C1): starting, reallocating and ending them, and their results."""
+"""Content with its approval and audit log, and A/B tests (C1): starting, reallocating and
+ending them, and their results."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from campaigns.bucketing import BUCKETS, HOLDOUT, allocation_update, group_of
-from campaigns.models import Assignment, Experiment, ExperimentGroup
+from campaigns.models import Assignment, Content, ContentChange, Experiment, ExperimentGroup
 from campaigns.statistics import (
     SRM_P,
     Sample,
@@ -23,6 +24,79 @@ from campaigns.statistics import (
 
 class ExperimentError(ValueError):
     pass
+
+
+# Content that runs in the client's pages: it needs an admin's approval, and is audited.
+CODE_TYPES = {Content.Type.SCRIPT, Content.Type.HTML}
+CODE_FIELDS = ("name", "type", "url", "html")
+
+
+def content_snapshot(content: Content) -> dict:
+    return {field: getattr(content, field) for field in CODE_FIELDS}
+
+
+@transaction.atomic
+def content_save(*, content: Content, by: str, is_admin: bool) -> Content:
+    """Save content. Script or HTML saved by anyone but a client admin waits for approval;
+    every script or HTML change lands in the audit log with its code before and after."""
+    old = Content.objects.filter(pk=content.pk).first() if content.pk else None
+    before = content_snapshot(old) if old is not None else {}
+    after = content_snapshot(content)
+    is_code = content.type in CODE_TYPES or before.get("type") in CODE_TYPES
+    if content.type not in CODE_TYPES:
+        content.is_approved = True
+    elif before != after or old is None:
+        content.is_approved = is_admin
+    content.save()
+    if is_code and (old is None or before != after):
+        ContentChange.objects.create(
+            client_id=content.client_id,
+            content=content,
+            content_name=content.name,
+            action=ContentChange.Action.CREATED if old is None else ContentChange.Action.CHANGED,
+            by=by,
+            before=before,
+            after=after,
+            is_approved=content.is_approved,
+        )
+    return content
+
+
+@transaction.atomic
+def content_approve(*, content: Content, by: str) -> bool:
+    """Approve script or HTML content as it is now; False when there was nothing to approve."""
+    if content.is_approved:
+        return False
+    content.is_approved = True
+    content.save(update_fields=["is_approved"])
+    snapshot = content_snapshot(content)
+    ContentChange.objects.create(
+        client_id=content.client_id,
+        content=content,
+        content_name=content.name,
+        action=ContentChange.Action.APPROVED,
+        by=by,
+        before=snapshot,
+        after=snapshot,
+        is_approved=True,
+    )
+    return True
+
+
+@transaction.atomic
+def content_delete(*, content: Content, by: str) -> None:
+    if content.type in CODE_TYPES:
+        ContentChange.objects.create(
+            client_id=content.client_id,
+            content=None,
+            content_name=content.name,
+            action=ContentChange.Action.DELETED,
+            by=by,
+            before=content_snapshot(content),
+            after={},
+            is_approved=False,
+        )
+    content.delete()
 
 
 def _shares(experiment: Experiment) -> dict[str, int]:

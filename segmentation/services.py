@@ -134,6 +134,9 @@ def _table_compute(campaign) -> TableContent:
     unknown_mask = 0
     is_unknown_decided = False
     for index, attachment in enumerate(attachments):
+        if not attachment.content.is_approved:
+            # Script or HTML waiting for an admin's approval: as if not attached yet.
+            continue
         started = time.perf_counter()
         try:
             rule = rule_validate(attachment.segment.rule)

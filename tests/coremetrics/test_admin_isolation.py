@@ -18,7 +18,8 @@ from aggregation.models import (
     VisitorLink,
     VisitorSeparation,
 )
-from campaigns.models import Attachment, Campaign, Content, Experiment, Placement
+from campaigns.models import Attachment, Campaign, Content, ContentChange, Experiment, Placement
+from campaigns.services import content_save
 from coremetrics.models import Client
 from delivery.models import Visitor
 from segmentation.models import Segment, TableVersion
@@ -204,6 +205,16 @@ KINDS = {
         VisitorSeparation,
         lambda client, tag: VisitorSeparationFactory(client=client, visitor_id=f"{tag}-apart"),
         is_deletable=True,
+    ),
+    "contentchange": Kind(
+        ContentChange,
+        lambda client, tag: content_save(
+            content=ContentFactory.build(
+                client=client, name=f"{tag} script", type="script", url="https://cdn.example/a.js"
+            ),
+            by=f"{tag} admin",
+            is_admin=True,
+        ).changes.get(),
     ),
     "importjob": Kind(
         ImportJob,
@@ -598,7 +609,14 @@ def test_marketer_index_lists_only_tenant_apps(client, marketer):
             "VisitorLink",
             "VisitorSeparation",
         ],
-        "campaigns": ["Attachment", "Campaign", "Content", "Experiment", "Placement"],
+        "campaigns": [
+            "Attachment",
+            "Campaign",
+            "Content",
+            "ContentChange",
+            "Experiment",
+            "Placement",
+        ],
         "coremetrics": ["Client"],
         "delivery": ["Visitor"],
         "segmentation": ["Segment", "TableVersion"],
