@@ -5,9 +5,17 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import models, transaction
+from django.utils import timezone
 
 from coremetrics.models import ApiToken, Client, Membership, Site
-from coremetrics.tenancy import TenantAdmin, client_of, is_client_admin, membership_of
+from coremetrics.selectors import dashboard_get
+from coremetrics.tenancy import (
+    TenantAdmin,
+    client_of,
+    is_client_admin,
+    is_editor,
+    membership_of,
+)
 from coremetrics.tokens import api_token_create, api_tokens_revoke
 from delivery.services import manifest_publish
 from delivery.tag import client_tag_config, tag_body, tag_snippet
@@ -17,6 +25,35 @@ admin.site.site_title = "coremetrics"
 admin.site.index_title = "Personalization console"
 # The lists are wide (profiles, table versions); the app sidebar would cut them at 1280 px.
 admin.site.enable_nav_sidebar = False
+admin.site.index_template = "admin/coremetrics/dashboard.html"
+_admin_index = admin.site.index
+
+
+def _dashboard_index(request, extra_context=None):
+    """The console's home: the client's dashboard above the list of what can be edited. A
+    superuser picks the client (?client=<id>)."""
+    client = client_of(request)
+    clients = []
+    if request.user.is_superuser:
+        clients = list(Client.objects.order_by("name"))
+        chosen = request.GET.get("client", "")
+        client = next((c for c in clients if str(c.pk) == chosen), clients[0] if clients else None)
+    dashboard = None
+    if client is not None:
+        dashboard = dashboard_get(client=client, today=timezone.now().date())
+        busiest = max((day["visitors"] for day in dashboard["activity"]["daily"]), default=0)
+        for day in dashboard["activity"]["daily"]:
+            day["height"] = round(100 * day["visitors"] / (busiest or 1))
+    context = {
+        **(extra_context or {}),
+        "dashboard": dashboard,
+        "dashboard_clients": clients,
+        "dashboard_can_edit": is_editor(request),
+    }
+    return _admin_index(request, context)
+
+
+admin.site.index = _dashboard_index  # type: ignore[method-assign]
 
 
 class SiteInline(admin.TabularInline):
