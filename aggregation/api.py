@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from aggregation.models import ImportJob, ImportMapping, Profile
-from aggregation.services import batch_errors, events_collect
+from aggregation.services import batch_collect, batch_errors
 from aggregation.services.imports import import_job_create
 from coremetrics.api import (
     ClientScopedField,
@@ -72,14 +72,7 @@ class EventBatchView(APIView):
         if errors:
             raise exceptions.ValidationError({"detail": "invalid batch", "errors": errors})
         try:
-            result = events_collect(
-                client_id=client.pk,
-                visitor_id=batch["visitor"],
-                session_id=batch["session"],
-                sent_at_ms=float(batch["sent_at"]),
-                events=batch["events"],
-                received_at=timezone.now(),
-            )
+            result = batch_collect(client_id=client.pk, batch=batch, received_at=timezone.now())
         except OSError:
             return Response({"detail": "cannot store events now; retry later"}, status=503)
         if not result.accepted:

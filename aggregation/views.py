@@ -15,7 +15,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from aggregation.ratelimit import RateLimiter
-from aggregation.services import batch_errors, events_collect
+from aggregation.services import batch_collect, batch_errors
 from delivery.selectors import QueryError, client_view_get
 
 logger = logging.getLogger(__name__)
@@ -62,14 +62,7 @@ def collect(request: HttpRequest) -> HttpResponse:
         response["Retry-After"] = str(math.ceil(wait))
         return response
     try:
-        result = events_collect(
-            client_id=view.client_id,
-            visitor_id=batch["visitor"],
-            session_id=batch["session"],
-            sent_at_ms=float(batch["sent_at"]),
-            events=batch["events"],
-            received_at=timezone.now(),
-        )
+        result = batch_collect(client_id=view.client_id, batch=batch, received_at=timezone.now())
     except OSError:
         logger.exception("could not spool a batch")
         return _reply(request, 503, {"error": "cannot store events now; retry later"})

@@ -111,8 +111,8 @@ class RedisTableStore:
         self._redis.set(key, data, ex=TAG_VERSION_DAYS * 86400)
 
 
-def file_write(path: Path, data: bytes) -> None:
-    """Write aside, then rename over: readers see the whole old file or the whole new one."""
+def _written_aside(path: Path, data: bytes) -> str:
+    """The data in a temporary file beside `path`, on disk: the caller renames or links it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
@@ -120,6 +120,16 @@ def file_write(path: Path, data: bytes) -> None:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return temporary
+
+
+def file_write(path: Path, data: bytes) -> None:
+    """Write aside, then rename over: readers see the whole old file or the whole new one."""
+    temporary = _written_aside(path, data)
+    try:
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -129,13 +139,8 @@ def file_write(path: Path, data: bytes) -> None:
 def file_create(path: Path, data: bytes) -> None:
     """Create a file that never changes once there: when several processes of a node fetch the
     same table at once, the first one's file stays and every process maps that one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    temporary = _written_aside(path, data)
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
         os.link(temporary, path)
     except FileExistsError:
         pass

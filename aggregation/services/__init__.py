@@ -16,6 +16,7 @@ from aggregation.services.consolidation import (
 from aggregation.services.identities import identities_separate, identities_stitch
 from aggregation.services.ingest import (
     CollectResult,
+    batch_collect,
     batch_errors,
     click_spool,
     deliveries_spool,
@@ -32,6 +33,7 @@ __all__ = [
     "SLICE_LINES",
     "CollectResult",
     "archives_prune",
+    "batch_collect",
     "batch_errors",
     "click_spool",
     "consolidation_lock",

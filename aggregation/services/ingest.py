@@ -55,6 +55,19 @@ def events_collect(
     return CollectResult(accepted=len(records), rejected=rejected)
 
 
+def batch_collect(*, client_id: int, batch: dict, received_at: datetime) -> CollectResult:
+    """events_collect for a batch batch_errors found nothing wrong with (the tag's, or one
+    sent to the API); raises OSError when it cannot store."""
+    return events_collect(
+        client_id=client_id,
+        visitor_id=batch["visitor"],
+        session_id=batch["session"],
+        sent_at_ms=float(batch["sent_at"]),
+        events=batch["events"],
+        received_at=received_at,
+    )
+
+
 def deliveries_spool(
     *,
     client_id: int,
