@@ -6,7 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from delivery.criteria import RequestFacts, conditions_match
-from delivery.tables import ClientView, PlacementView, Rule, Table
+from delivery.tablefile import Rule, Table
+from delivery.tables import ClientView, PlacementView
 
 
 def placements_answer(

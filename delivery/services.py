@@ -13,7 +13,8 @@ from psycopg2.extras import Json, execute_values
 from campaigns.selectors import campaigns_active, content_answer
 from coremetrics.models import Client
 from delivery.models import Visitor
-from delivery.tables import Rule, Table, store_get, table_decode, table_encode
+from delivery.stores import store_get
+from delivery.tablefile import Rule, Table, table_decode, table_encode
 from delivery.tag import client_tag_config
 from segmentation.selectors import table_versions_serving
 

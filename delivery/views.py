@@ -18,7 +18,8 @@ from delivery.clicks import ClickError, click_read
 from delivery.identity import client_address, ip_truncate, session_id_issue, visitor_id_issue
 from delivery.query import QueryRequest, Reply, fragment_reply, image_reply, query_reply
 from delivery.selectors import QueryError, client_view_get
-from delivery.tables import ClientView, local_tables, store_get
+from delivery.stores import store_get
+from delivery.tables import ClientView, local_tables
 from delivery.tag import tag_body
 
 logger = logging.getLogger(__name__)

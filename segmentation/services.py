@@ -42,7 +42,8 @@ from delivery.services import (
     table_read,
     table_store,
 )
-from delivery.tables import MAX_RULES, Rule, local_tables
+from delivery.tablefile import MAX_RULES, Rule
+from delivery.tables import local_tables
 from segmentation.models import TableVersion
 from segmentation.rules import RuleError, rule_compile, rule_matches, rule_validate
 

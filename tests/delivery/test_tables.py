@@ -5,18 +5,9 @@ import time
 
 import pytest
 
-from delivery.tables import (
-    ClientView,
-    FileTableStore,
-    LocalTables,
-    PlacementView,
-    RedisTableStore,
-    Table,
-    TableFormatError,
-    file_create,
-    table_decode,
-    table_encode,
-)
+from delivery.stores import FileTableStore, RedisTableStore, file_create
+from delivery.tablefile import Table, TableFormatError, table_decode, table_encode
+from delivery.tables import ClientView, LocalTables, PlacementView
 
 PUBLIC_KEY = "pk-shop"
 CAMPAIGN_ID = 7

@@ -1,7 +1,8 @@
 import pytest
 
 from delivery.identity import visitor_id_issue
-from delivery.tables import local_tables, store_get
+from delivery.stores import store_get
+from delivery.tables import local_tables
 from segmentation.models import TableVersion
 from segmentation.services import table_build, tables_build
 from segmentation.tasks import build_table
