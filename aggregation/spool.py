@@ -7,21 +7,29 @@ Layout under SPOOL_DIR:
     dead/      lines that could not be loaded, with the reason
     quarantine/ files whose loading failed MAX_FILE_ATTEMPTS runs in a row, kept for a person
 
-Each append is one write(2) on an O_APPEND descriptor under an exclusive flock. Consolidation
-seals an open file by taking the same lock and renaming it into closed/; a writer that then
-finds its path gone opens a new file, so no line is written after a file was taken. A write
-reaches the page cache before the request is answered: a process crash loses nothing; a
-machine crash can lose what the kernel had not yet flushed (seconds).
+Each writing process owns its open file: it holds an exclusive flock on it from the moment
+it opens it until it seals it (renames it into closed/) itself, so an append is one write(2)
+on an O_APPEND descriptor with no lock or stat around it (the delivery path's every answer
+makes one). A file whose lock can be taken has no live writer (its process ended): any
+process may seal it. To have live writers seal theirs, spool_seal_open bumps a counter in a
+small file every writer has mapped; each writer checks it at every append and, when idle,
+every WATCH_SECONDS, and seals its file when it moved, and spool_seal_open waits for them
+(at most SEAL_WAIT_SECONDS; what is left is taken by the next run). No line is ever written
+after its file was sealed. A write reaches the page cache before the request is answered: a
+process crash loses nothing; a machine crash can lose what the kernel had not yet flushed
+(seconds).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import mmap
 import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -43,8 +51,41 @@ def spool_paths(root: Path | None = None) -> dict[str, Path]:
     return {name: root / name for name in ("open", "closed", "archive", "dead", "quarantine")}
 
 
+# A writer that is not appending notices a seal request within this.
+WATCH_SECONDS = 0.05
+# How long spool_seal_open waits for live writers to seal their files.
+SEAL_WAIT_SECONDS = 5.0
+REQUESTS_FILE = "seal-requests"
+
+
+class _SealRequests:
+    """An 8-byte counter in SPOOL_DIR/seal-requests, mapped by every writer and sealer."""
+
+    def __init__(self, root: Path):
+        root.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(root / REQUESTS_FILE, os.O_RDWR | os.O_CREAT, 0o640)
+        if os.fstat(self._fd).st_size < 8:
+            os.ftruncate(self._fd, 8)
+        self._map = mmap.mmap(self._fd, 8)
+
+    def read(self) -> int:
+        return int.from_bytes(self._map[:8], "little")
+
+    def bump(self) -> None:
+        # Sealers in several processes: the increment itself is serialised by a lock.
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            self._map[:8] = ((self.read() + 1) % (1 << 63)).to_bytes(8, "little")
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+_writers: weakref.WeakSet[SpoolWriter] = weakref.WeakSet()
+
+
 class SpoolWriter:
     def __init__(self, root: Path, rotate_bytes: int, rotate_seconds: int):
+        self._root = Path(root)
         self._paths = spool_paths(root)
         for path in self._paths.values():
             path.mkdir(parents=True, exist_ok=True)
@@ -55,6 +96,11 @@ class SpoolWriter:
         self._path: Path | None = None
         self._opened_at = 0.0
         self._size = 0
+        self._requests = _SealRequests(self._root)
+        self._seen = self._requests.read()
+        self._stopped = threading.Event()
+        _writers.add(self)
+        threading.Thread(target=self._watch, name="spool-writer", daemon=True).start()
 
     def append(self, records: Iterable[dict]) -> None:
         """Write the records as one append; raises OSError when the disk refuses."""
@@ -62,79 +108,112 @@ class SpoolWriter:
         if not data:
             return
         with self._lock:
-            if self._fd is None or self._is_due():
+            if self._fd is None or self._is_due() or self._requests.read() != self._seen:
                 self._rotate()
             assert self._fd is not None
-            # A sealer may take (or delete, when still empty) even the file just opened, so
-            # check again after every reopen until we hold the lock on a file still in open/.
-            while True:
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
-                if self._is_still_open():
-                    break
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-                self._open()
-            try:
-                written = os.write(self._fd, data)
-                if written != len(data):
-                    # Take the half line back, so the next append starts on a line of its own.
-                    os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
-                    raise OSError(f"short write to spool: {written} of {len(data)} bytes")
-                self._size += written
-            finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            written = os.write(self._fd, data)
+            if written != len(data):
+                # Take the half line back, so the next append starts on a line of its own.
+                os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
+                raise OSError(f"short write to spool: {written} of {len(data)} bytes")
+            self._size += written
+
+    def seal(self) -> None:
+        """Seal the open file now (the next append opens a new one)."""
+        with self._lock:
+            self._rotate(reopen=False)
 
     def close(self) -> None:
-        with self._lock:
-            if self._fd is not None:
-                self._rotate(reopen=False)
+        self._stopped.set()
+        self.seal()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(WATCH_SECONDS):
+            if self._fd is not None and self._requests.read() != self._seen:
+                self.seal()
 
     def _is_due(self) -> bool:
         age = time.monotonic() - self._opened_at
         return self._size >= self._rotate_bytes or age >= self._rotate_seconds
 
-    def _is_still_open(self) -> bool:
-        assert self._fd is not None and self._path is not None
-        try:
-            return os.stat(self._path).st_ino == os.fstat(self._fd).st_ino
-        except FileNotFoundError:
-            return False
-
     def _open(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-        name = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}.jsonl"
-        self._path = self._paths["open"] / name
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        while True:
+            name = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}.jsonl"
+            path = self._paths["open"] / name
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # Between the open and the lock a sealer may have taken the file as ownerless
+            # (it was empty: deleted); then this descriptor is nowhere in open/.
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        self._fd, self._path = fd, path
         self._opened_at = time.monotonic()
         self._size = 0
 
     def _rotate(self, reopen: bool = True) -> None:
+        # Requests from here on ask for the next file to be sealed too.
+        self._seen = self._requests.read()
         if self._fd is not None and self._path is not None:
-            file_seal(self._path, self._paths["closed"])
+            _seal_owned(self._fd, self._path, self._paths["closed"])
+            os.close(self._fd)  # releases the lock
+            self._fd = self._path = None
         if reopen:
             self._open()
-        elif self._fd is not None:
+
+    def _forget_in_child(self) -> None:
+        # A forked child holds a copy of the parent's descriptor. Closing it drops that copy
+        # only; unlocking would release the parent's lock on a file the parent still writes.
+        if self._fd is not None:
             os.close(self._fd)
-            self._fd = None
+        self._fd = self._path = None
+        self._stopped.set()
+        self._lock = threading.Lock()
 
 
-def file_seal(path: Path, closed_dir: Path) -> Path | None:
-    """Move an open spool file into closed/ under its writer's lock; None if already gone."""
+def _after_fork_in_child() -> None:
+    for writer in list(_writers):
+        writer._forget_in_child()
+    _writers.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _seal_owned(fd: int, path: Path, closed_dir: Path) -> Path | None:
+    """Move a file whose lock `fd` holds into closed/ (an empty one is deleted)."""
+    try:
+        if os.fstat(fd).st_size == 0:
+            path.unlink()
+            return None
+        target = closed_dir / path.name
+        os.rename(path, target)
+        return target
+    except FileNotFoundError:
+        return None
+
+
+def file_seal(path: Path, closed_dir: Path) -> tuple[bool, Path | None]:
+    """Seal an open file that no live writer owns: (True, its path in closed/ or None when it
+    was empty or gone); (False, None) when a live writer holds it."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return None
+        return True, None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        target = closed_dir / path.name
         try:
-            if os.fstat(fd).st_size == 0:
-                path.unlink()
-                return None
-            os.rename(path, target)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False, None
+        try:
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                return True, None
         except FileNotFoundError:
-            return None
-        return target
+            return True, None
+        return True, _seal_owned(fd, path, closed_dir)
     finally:
         os.close(fd)
 
@@ -163,15 +242,30 @@ def spool_writer_reset() -> None:
 
 
 def spool_seal_open(root: Path | None = None) -> list[Path]:
-    """Seal every open file (all writers), so consolidation can take what was written so far."""
+    """Seal every open file (all writers), so consolidation can take what was written so far:
+    this process's writers at once, other live writers when asked (waiting for them at most
+    SEAL_WAIT_SECONDS), and the files of writers that ended."""
     paths = spool_paths(root)
     paths["closed"].mkdir(parents=True, exist_ok=True)
-    sealed = []
-    for path in sorted(paths["open"].glob("*.jsonl")):
-        target = file_seal(path, paths["closed"])
-        if target is not None:
-            sealed.append(target)
-    return sealed
+    before = set(spool_closed_files(root))
+    for writer in list(_writers):
+        if writer._root == paths["open"].parent:
+            writer.seal()
+    deadline = time.monotonic() + SEAL_WAIT_SECONDS
+    has_asked = False
+    while True:
+        live = [
+            path
+            for path in sorted(paths["open"].glob("*.jsonl"))
+            if not file_seal(path, paths["closed"])[0]
+        ]
+        if not live or time.monotonic() > deadline:
+            break
+        if not has_asked:
+            _SealRequests(paths["open"].parent).bump()
+            has_asked = True
+        time.sleep(WATCH_SECONDS / 2)
+    return sorted(set(spool_closed_files(root)) - before)
 
 
 def spool_closed_files(root: Path | None = None) -> list[Path]:

@@ -12,6 +12,7 @@ import pytest
 from aggregation import spool
 from aggregation.spool import (
     SpoolWriter,
+    file_seal,
     spool_append,
     spool_closed_files,
     spool_seal_open,
@@ -52,6 +53,7 @@ def test_writer_creates_the_spool_directories(root):
         "dead",
         "open",
         "quarantine",
+        "seal-requests",
     ]
 
 
@@ -218,18 +220,18 @@ def test_no_line_is_lost_while_processes_write_and_files_are_sealed(settings):
 
 
 def test_no_line_is_lost_when_a_new_file_is_sealed_before_the_writer_locks_it(root, monkeypatch):
-    """Replays the race: a seal runs in the gap before each of the writer's first two locks."""
+    """Replays the race: before each of the writer's first two locks of a new file, a sealer
+    finds the file without an owner (and, empty, deletes it)."""
     writer = SpoolWriter(root, 1024, 3600)
     lock = fcntl.flock
-    state = SimpleNamespace(seals_left=2, is_sealing=False)
+    state = SimpleNamespace(seals_left=2)
 
     def flock_after_a_seal(fd, operation):
-        # The seal's own locks pass straight through.
-        if operation == fcntl.LOCK_EX and not state.is_sealing and state.seals_left:
+        # The sealer's own (non-blocking) locks pass straight through.
+        if operation == fcntl.LOCK_EX and state.seals_left:
             state.seals_left -= 1
-            state.is_sealing = True
-            spool_seal_open(root)
-            state.is_sealing = False
+            for path in (root / "open").glob("*.jsonl"):
+                assert file_seal(path, root / "closed") == (True, None)
         lock(fd, operation)
 
     with monkeypatch.context() as patch:
@@ -237,4 +239,44 @@ def test_no_line_is_lost_when_a_new_file_is_sealed_before_the_writer_locks_it(ro
         writer.append([{"id": "only"}])
     writer.close()
 
+    assert state.seals_left == 0
     assert _lines(root / "closed") == ['{"id":"only"}']
+
+
+def _write_and_die(root):
+    writer = SpoolWriter(root, 1 << 20, 3600)
+    writer.append([{"id": "from a process that died"}])
+    os._exit(0)  # no close: the file stays in open/, its lock gone with the process
+
+
+def test_the_file_of_a_writer_that_died_is_sealed_by_anyone(root):
+    process = multiprocessing.get_context("fork").Process(target=_write_and_die, args=(root,))
+    process.start()
+    process.join()
+
+    sealed = spool_seal_open(root)
+
+    assert [path.read_text() for path in sealed] == ['{"id":"from a process that died"}\n']
+    assert list((root / "open").iterdir()) == []
+
+
+def _write_until_told(root, ready, done):
+    writer = SpoolWriter(root, 1 << 20, 3600)
+    writer.append([{"id": "live"}])
+    ready.set()
+    done.wait(30)  # idle, alive: only its watcher can answer a seal request
+
+
+def test_a_live_idle_writer_in_another_process_seals_its_file_when_asked(root):
+    context = multiprocessing.get_context("fork")
+    ready, done = context.Event(), context.Event()
+    process = context.Process(target=_write_until_told, args=(root, ready, done))
+    process.start()
+    try:
+        assert ready.wait(30)
+        sealed = spool_seal_open(root)
+    finally:
+        done.set()
+        process.join()
+
+    assert [path.read_text() for path in sealed] == ['{"id":"live"}\n']
