@@ -71,6 +71,10 @@ class _SealRequests:
     def read(self) -> int:
         return int.from_bytes(self._map[:8], "little")
 
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
+
     def bump(self) -> None:
         # Sealers in several processes: the increment itself is serialised by a lock.
         fcntl.flock(self._fd, fcntl.LOCK_EX)
@@ -96,7 +100,7 @@ class SpoolWriter:
         self._path: Path | None = None
         self._opened_at = 0.0
         self._size = 0
-        self._requests = _SealRequests(self._root)
+        self._requests: _SealRequests | None = _SealRequests(self._root)
         self._seen = self._requests.read()
         self._stopped = threading.Event()
         _writers.add(self)
@@ -108,7 +112,7 @@ class SpoolWriter:
         if not data:
             return
         with self._lock:
-            if self._fd is None or self._is_due() or self._requests.read() != self._seen:
+            if self._fd is None or self._is_due() or self._asked() != self._seen:
                 self._rotate()
             assert self._fd is not None
             written = os.write(self._fd, data)
@@ -126,11 +130,22 @@ class SpoolWriter:
     def close(self) -> None:
         self._stopped.set()
         self.seal()
+        with self._lock:
+            if self._requests is not None:
+                self._requests.close()
+                self._requests = None
 
     def _watch(self) -> None:
         while not self._stopped.wait(WATCH_SECONDS):
-            if self._fd is not None and self._requests.read() != self._seen:
-                self.seal()
+            with self._lock:
+                if self._fd is not None and self._asked() != self._seen:
+                    self._rotate(reopen=False)
+
+    def _asked(self) -> int:
+        # A closed writer that is written to again maps the counter again.
+        if self._requests is None:
+            self._requests = _SealRequests(self._root)
+        return self._requests.read()
 
     def _is_due(self) -> bool:
         age = time.monotonic() - self._opened_at
@@ -156,7 +171,7 @@ class SpoolWriter:
 
     def _rotate(self, reopen: bool = True) -> None:
         # Requests from here on ask for the next file to be sealed too.
-        self._seen = self._requests.read()
+        self._seen = self._asked()
         if self._fd is not None and self._path is not None:
             _seal_owned(self._fd, self._path, self._paths["closed"])
             os.close(self._fd)  # releases the lock
@@ -262,7 +277,9 @@ def spool_seal_open(root: Path | None = None) -> list[Path]:
         if not live or time.monotonic() > deadline:
             break
         if not has_asked:
-            _SealRequests(paths["open"].parent).bump()
+            requests = _SealRequests(paths["open"].parent)
+            requests.bump()
+            requests.close()
             has_asked = True
         time.sleep(WATCH_SECONDS / 2)
     return sorted(set(spool_closed_files(root)) - before)
