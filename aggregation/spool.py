@@ -11,11 +11,12 @@ Each writing process owns its open file: it holds an exclusive flock on it from 
 it opens it until it seals it (renames it into closed/) itself, so an append is one write(2)
 on an O_APPEND descriptor with no lock or stat around it (the delivery path's every answer
 makes one). A file whose lock can be taken has no live writer (its process ended): any
-process may seal it. To have live writers seal theirs, spool_seal_open bumps a counter in a
-small file every writer has mapped; each writer checks it at every append and, when idle,
-every WATCH_SECONDS, and seals its file when it moved, and spool_seal_open waits for them
-(at most SEAL_WAIT_SECONDS; what is left is taken by the next run). No line is ever written
-after its file was sealed. A write reaches the page cache before the request is answered: a
+process may seal it. To have live writers seal theirs, spool_seal_open bumps a counter in
+SPOOL_DIR/seal-requests; each writer's watcher thread reads it every WATCH_SECONDS and seals
+the writer's file when it moved, and spool_seal_open waits for the files it found live (at
+most SEAL_WAIT_SECONDS; a file opened since is the next run's). No line is ever written after
+its file was sealed. A fork waits for every writer's lock, so a child never inherits a file
+halfway opened or sealed. A write reaches the page cache before the request is answered: a
 process crash loses nothing; a machine crash can lose what the kernel had not yet flushed
 (seconds).
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-import mmap
+import logging
 import os
 import socket
 import threading
@@ -35,6 +36,8 @@ from pathlib import Path
 
 import orjson
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 
 def _line(record: dict) -> bytes:
@@ -59,29 +62,43 @@ REQUESTS_FILE = "seal-requests"
 
 
 class _SealRequests:
-    """An 8-byte counter in SPOOL_DIR/seal-requests, mapped by every writer and sealer."""
+    """A counter in SPOOL_DIR/seal-requests that sealers bump and writers' watchers read
+    (pread: a truncated or replaced file reads as a change, never as a fault)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, is_sealer: bool = False):
         root.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(root / REQUESTS_FILE, os.O_RDWR | os.O_CREAT, 0o640)
-        if os.fstat(self._fd).st_size < 8:
-            os.ftruncate(self._fd, 8)
-        self._map = mmap.mmap(self._fd, 8)
+        self._path = root / REQUESTS_FILE
+        self._is_sealer = is_sealer
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        # Group-writable: the web and the worker may run as different users of one group.
+        flags = os.O_RDWR if self._is_sealer else os.O_RDONLY
+        return os.open(self._path, flags | os.O_CREAT, 0o660)
 
     def read(self) -> int:
-        return int.from_bytes(self._map[:8], "little")
-
-    def close(self) -> None:
-        self._map.close()
-        os.close(self._fd)
+        try:
+            if os.stat(self._path).st_ino != os.fstat(self._fd).st_ino:
+                # Deleted or replaced: follow the file sealers now bump.
+                os.close(self._fd)
+                self._fd = self._open()
+        except FileNotFoundError:
+            os.close(self._fd)
+            self._fd = self._open()
+        data = os.pread(self._fd, 8, 0)
+        return int.from_bytes(data, "little") if len(data) == 8 else -1
 
     def bump(self) -> None:
         # Sealers in several processes: the increment itself is serialised by a lock.
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
-            self._map[:8] = ((self.read() + 1) % (1 << 63)).to_bytes(8, "little")
+            value = max(self.read(), 0)
+            os.pwrite(self._fd, ((value + 1) % (1 << 63)).to_bytes(8, "little"), 0)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 _writers: weakref.WeakSet[SpoolWriter] = weakref.WeakSet()
@@ -112,7 +129,7 @@ class SpoolWriter:
         if not data:
             return
         with self._lock:
-            if self._fd is None or self._is_due() or self._asked() != self._seen:
+            if self._fd is None or self._is_due():
                 self._rotate()
             assert self._fd is not None
             written = os.write(self._fd, data)
@@ -129,23 +146,35 @@ class SpoolWriter:
 
     def close(self) -> None:
         self._stopped.set()
-        self.seal()
         with self._lock:
+            self._rotate(reopen=False)
             if self._requests is not None:
                 self._requests.close()
                 self._requests = None
+        _writers.discard(self)
 
-    def _watch(self) -> None:
-        while not self._stopped.wait(WATCH_SECONDS):
-            with self._lock:
-                if self._fd is not None and self._asked() != self._seen:
-                    self._rotate(reopen=False)
-
-    def _asked(self) -> int:
-        # A closed writer that is written to again maps the counter again.
+    def _counter(self) -> _SealRequests:
+        # A closed writer that is written to again opens the counter again.
         if self._requests is None:
             self._requests = _SealRequests(self._root)
-        return self._requests.read()
+        return self._requests
+
+    def _watch(self) -> None:
+        # Within WATCH_SECONDS of a request (or of its age running out) the file is sealed,
+        # whether the writer is busy or idle; appends never look at the counter.
+        while not self._stopped.wait(WATCH_SECONDS):
+            try:
+                with self._lock:
+                    if self._stopped.is_set():
+                        return
+                    asked = self._counter().read() != self._seen
+                    if self._fd is not None and (asked or self._is_due()):
+                        self._rotate(reopen=False)
+                    elif asked:
+                        self._seen = self._counter().read()
+            except Exception:
+                # The watcher must outlive any one failure, or this writer stops answering.
+                logger.exception("spool writer watcher")
 
     def _is_due(self) -> bool:
         age = time.monotonic() - self._opened_at
@@ -155,7 +184,7 @@ class SpoolWriter:
         while True:
             name = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}.jsonl"
             path = self._paths["open"] / name
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o640)
             fcntl.flock(fd, fcntl.LOCK_EX)
             # Between the open and the lock a sealer may have taken the file as ownerless
             # (it was empty: deleted); then this descriptor is nowhere in open/.
@@ -170,12 +199,15 @@ class SpoolWriter:
         self._size = 0
 
     def _rotate(self, reopen: bool = True) -> None:
-        # Requests from here on ask for the next file to be sealed too.
-        self._seen = self._asked()
-        if self._fd is not None and self._path is not None:
-            _seal_owned(self._fd, self._path, self._paths["closed"])
-            os.close(self._fd)  # releases the lock
+        fd, path = self._fd, self._path
+        if fd is not None and path is not None:
             self._fd = self._path = None
+            try:
+                _seal_owned(fd, path, self._paths["closed"])
+            finally:
+                os.close(fd)  # releases the lock
+        # Requests made from here on ask for the next file to be sealed too.
+        self._seen = self._counter().read()
         if reopen:
             self._open()
 
@@ -186,16 +218,33 @@ class SpoolWriter:
             os.close(self._fd)
         self._fd = self._path = None
         self._stopped.set()
-        self._lock = threading.Lock()
+        if self._requests is not None:
+            self._requests.close()
+            self._requests = None
+
+
+def _before_fork() -> None:
+    # No fork in the middle of opening or sealing a file: the child would hold a descriptor
+    # (and so the lock) of a file it knows nothing of.
+    for writer in list(_writers):
+        writer._lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for writer in list(_writers):
+        writer._lock.release()
 
 
 def _after_fork_in_child() -> None:
     for writer in list(_writers):
+        writer._lock.release()
         writer._forget_in_child()
     _writers.clear()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
 
 
 def _seal_owned(fd: int, path: Path, closed_dir: Path) -> Path | None:
@@ -266,22 +315,28 @@ def spool_seal_open(root: Path | None = None) -> list[Path]:
     for writer in list(_writers):
         if writer._root == paths["open"].parent:
             writer.seal()
-    deadline = time.monotonic() + SEAL_WAIT_SECONDS
-    has_asked = False
-    while True:
-        live = [
-            path
-            for path in sorted(paths["open"].glob("*.jsonl"))
-            if not file_seal(path, paths["closed"])[0]
-        ]
-        if not live or time.monotonic() > deadline:
-            break
-        if not has_asked:
-            requests = _SealRequests(paths["open"].parent)
+    live = [
+        path
+        for path in sorted(paths["open"].glob("*.jsonl"))
+        if not file_seal(path, paths["closed"])[0]
+    ]
+    if live:
+        # Ask live writers to seal theirs, and wait for those files only: a writer that keeps
+        # appending opens a new file at once, and that one is the next run's.
+        requests = _SealRequests(paths["open"].parent, is_sealer=True)
+        try:
             requests.bump()
+        finally:
             requests.close()
-            has_asked = True
-        time.sleep(WATCH_SECONDS / 2)
+        deadline = time.monotonic() + SEAL_WAIT_SECONDS
+        while live and time.monotonic() < deadline:
+            time.sleep(WATCH_SECONDS / 2)
+            # A writer that ended meanwhile leaves its file ownerless: seal it here.
+            live = [
+                path for path in live if path.exists() and not file_seal(path, paths["closed"])[0]
+            ]
+        if live:
+            logger.warning("%d spool files still open after %s s", len(live), SEAL_WAIT_SECONDS)
     return sorted(set(spool_closed_files(root)) - before)
 
 

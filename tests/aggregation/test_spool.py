@@ -280,3 +280,25 @@ def test_a_live_idle_writer_in_another_process_seals_its_file_when_asked(root):
         process.join()
 
     assert [path.read_text() for path in sealed] == ['{"id":"live"}\n']
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_a_damaged_request_counter_neither_kills_writers_nor_loses_their_files(root, damage):
+    context = multiprocessing.get_context("fork")
+    ready, done = context.Event(), context.Event()
+    process = context.Process(target=_write_until_told, args=(root, ready, done))
+    process.start()
+    try:
+        assert ready.wait(30)
+        counter = root / "seal-requests"
+        if damage == "truncated":
+            os.truncate(counter, 0)
+        else:
+            counter.unlink()
+        sealed = spool_seal_open(root)
+    finally:
+        done.set()
+        process.join()
+
+    assert process.exitcode == 0
+    assert [path.read_text() for path in sealed] == ['{"id":"live"}\n']
