@@ -80,12 +80,8 @@ class ContentViewSet(TenantViewSet):
             setattr(content, name, value)
         content_save(content=content, by=_by(self.request), is_admin=False)
 
-    def perform_destroy(self, instance: models.Model) -> None:
-        writing_client(self.request)
+    def instance_delete(self, instance: models.Model) -> None:
         assert isinstance(instance, Content)
-        in_use = Campaign.objects.filter(default_content=instance).exists()
-        if in_use or instance.attachments.exists():
-            raise exceptions.ValidationError({"detail": "still in use by a campaign"})
         content_delete(content=instance, by=_by(self.request))
 
 

@@ -105,15 +105,21 @@ class TenantModelSerializer(serializers.ModelSerializer):
         return attrs
 
 
-class TenantViewSet(viewsets.ModelViewSet):
+class ClientScopedQueryset:
+    """The view's queryset, of the request's client only (every client's, for a superuser)."""
+
+    request: Request
+
+    def get_queryset(self) -> models.QuerySet:
+        queryset = super().get_queryset()  # type: ignore[misc]
+        client = request_client(self.request)
+        return queryset if client is None else queryset.filter(client=client)
+
+
+class TenantViewSet(ClientScopedQueryset, viewsets.ModelViewSet):
     """CRUD over one tenant model, scoped to the request's client."""
 
     admin_only = False
-
-    def get_queryset(self) -> models.QuerySet:
-        queryset = super().get_queryset()
-        client = request_client(self.request)
-        return queryset if client is None else queryset.filter(client=client)
 
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:
         serializer.save(client=writing_client(self.request))
@@ -125,16 +131,16 @@ class TenantViewSet(viewsets.ModelViewSet):
     def perform_destroy(self, instance: models.Model) -> None:
         writing_client(self.request)
         try:
-            instance.delete()
+            self.instance_delete(instance)
         except models.ProtectedError as error:
             names = sorted({str(row) for row in error.protected_objects})[:5]
             raise exceptions.ValidationError(
                 {"detail": f"still in use by: {', '.join(names)}"}
             ) from None
 
+    def instance_delete(self, instance: models.Model) -> None:
+        instance.delete()
 
-class TenantReadOnlyViewSet(viewsets.ReadOnlyModelViewSet):
-    def get_queryset(self) -> models.QuerySet:
-        queryset = super().get_queryset()
-        client = request_client(self.request)
-        return queryset if client is None else queryset.filter(client=client)
+
+class TenantReadOnlyViewSet(ClientScopedQueryset, viewsets.ReadOnlyModelViewSet):
+    pass

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from delivery.criteria import RequestFacts, conditions_match
-from delivery.tablefile import Rule, Table
+from delivery.tablefile import Table
 from delivery.tables import ClientView, PlacementView
 
 
@@ -65,30 +65,11 @@ def placements_answer(
     return answers
 
 
-def table_content_id(table: Table, visitor_id: str) -> int | None:
-    """The visitor's content id in a table when no request-time condition holds (None: the
-    default); a visitor the table does not name gets its newcomers' answer."""
-    index = table.visitors.find(visitor_id)
-    return table.visitors.content_at(index) if index >= 0 else table.unknown_content
-
-
-def table_rules_of(table: Table, visitor_id: str) -> list[Rule]:
-    """The rules (attachments with request-time conditions) that apply to the visitor, first
-    to be tried first."""
-    index = table.visitors.find(visitor_id)
-    mask = table.visitors.mask_at(index) if index >= 0 else table.unknown_mask
-    return [rule for position, rule in enumerate(table.rules) if mask >> position & 1]
-
-
 def _content_id(
     table: Table, visitor_id: str, time_zone: str, facts: Callable[[], RequestFacts] | None
 ) -> int | None:
     """The visitor's content id in a table; None for the placement's default."""
-    index = table.visitors.find(visitor_id)
-    if index >= 0:
-        content_id, mask = table.visitors.content_at(index), table.visitors.mask_at(index)
-    else:
-        content_id, mask = table.unknown_content, table.unknown_mask
+    content_id, mask = table.row(visitor_id)
     if mask and facts is not None:
         # Rules are in priority order and only those that beat the visitor's content are set.
         known = facts()

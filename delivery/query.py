@@ -13,14 +13,13 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 from html import escape
 from zoneinfo import ZoneInfo
 
 import orjson
 from django.conf import settings
-from django.utils import timezone
 from django.utils.encoding import iri_to_uri
 
 from aggregation.services import deliveries_spool
@@ -131,7 +130,7 @@ def query_answered(request: QueryRequest, *, is_visitor_required: bool = True) -
             answers=[answer for answer in answers if answer["campaign"] is not None],
             url=url,
             referrer=referrer,
-            at=timezone.now(),
+            at=datetime.fromtimestamp(now, UTC),
         )
     except OSError:
         # The visitor still gets an answer; the lost records are counted in the log.
@@ -158,7 +157,8 @@ def query_reply(request: QueryRequest) -> Reply:
         "session": answered.session_id,
         "placements": answered.answers,
     }
-    return Reply(200, _headers(request, answered.view, "application/json"), orjson.dumps(data))
+    headers = answer_headers(request.origin, answered.view, "application/json")
+    return Reply(200, headers, orjson.dumps(data))
 
 
 def fragment_reply(request: QueryRequest) -> Reply:
@@ -168,7 +168,7 @@ def fragment_reply(request: QueryRequest) -> Reply:
     except QueryError as error:
         return error_reply(error)
     body = content_fragment(answer.answers[0]["content"])
-    headers = _headers(request, answer.view, "text/html; charset=utf-8")
+    headers = answer_headers(request.origin, answer.view, "text/html; charset=utf-8")
     # A client's own HTML, served from our host: opened as a page or framed, it runs in an
     # opaque origin, never with this site's cookies (the console lives here too).
     headers.append(("Content-Security-Policy", FRAGMENT_POLICY))
@@ -259,14 +259,17 @@ def error_reply(error: QueryError) -> Reply:
     return Reply(error.status, headers, orjson.dumps({"error": str(error)}))
 
 
-def _headers(request: QueryRequest, view: ClientView, content_type: str) -> list[tuple[str, str]]:
+def answer_headers(
+    origin: str | None, view: ClientView, content_type: str
+) -> list[tuple[str, str]]:
+    """An answer's headers: never cached, readable by the client's own sites only."""
     headers = [
         ("Content-Type", content_type),
         ("Vary", "Origin"),
         ("Cache-Control", "no-store"),
     ]
-    if request.origin and request.origin in view.origins:
-        headers.append(("Access-Control-Allow-Origin", request.origin))
+    if origin and origin in view.origins:
+        headers.append(("Access-Control-Allow-Origin", origin))
     return headers
 
 

@@ -163,6 +163,18 @@ class Table:
     unknown_content: int | None = None
     unknown_mask: int = 0
 
+    def row(self, visitor_id: str) -> tuple[int | None, int]:
+        """The visitor's content id (None: the placement's default) and rule bits; a visitor
+        the table does not name gets its newcomers' answer."""
+        index = self.visitors.find(visitor_id)
+        if index < 0:
+            return self.unknown_content, self.unknown_mask
+        return self.visitors.content_at(index), self.visitors.mask_at(index)
+
+    def rules_in(self, mask: int) -> list[Rule]:
+        """The rules whose bits are set, first to be tried first."""
+        return [rule for position, rule in enumerate(self.rules) if mask >> position & 1]
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Table):
             return NotImplemented

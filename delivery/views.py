@@ -6,8 +6,9 @@ import logging
 import time
 from collections.abc import Callable
 
+import orjson
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils import timezone
 from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csrf import csrf_exempt
@@ -16,36 +17,34 @@ from django.views.decorators.http import require_GET, require_http_methods
 from aggregation.services import click_spool
 from delivery.clicks import ClickError, click_read
 from delivery.identity import client_address, ip_truncate, session_id_issue, visitor_id_issue
-from delivery.query import QueryRequest, Reply, fragment_reply, image_reply, query_reply
+from delivery.query import (
+    QueryRequest,
+    Reply,
+    answer_headers,
+    error_reply,
+    fragment_reply,
+    image_reply,
+    query_reply,
+)
 from delivery.selectors import QueryError, client_view_get
 from delivery.stores import store_get
-from delivery.tables import ClientView, local_tables
+from delivery.tables import local_tables
 from delivery.tag import tag_body
 
 logger = logging.getLogger(__name__)
 
 
-def _error(error: QueryError) -> JsonResponse:
-    response = JsonResponse({"error": str(error)}, status=error.status)
-    # Errors carry nothing private; any page may read why its request failed.
-    response["Access-Control-Allow-Origin"] = "*"
-    response["Cache-Control"] = "no-store"
-    return response
-
-
-def _answer(request: HttpRequest, view: ClientView, data: dict) -> JsonResponse:
-    response = JsonResponse(data)
-    origin = request.headers.get("Origin")
-    if origin and origin in view.origins:
-        response["Access-Control-Allow-Origin"] = origin
-    response["Vary"] = "Origin"
-    response["Cache-Control"] = "no-store"
-    return response
-
-
 def _privacy_signal(request: HttpRequest) -> bool:
     """Global Privacy Control (the Sec-GPC header): nothing is issued or recorded."""
     return request.headers.get("Sec-GPC") == "1"
+
+
+def _response(reply: Reply) -> HttpResponse:
+    response = HttpResponse(reply.body, status=reply.status)
+    for name, value in reply.headers:
+        response[name] = value
+    response["X-Coremetrics-Node"] = settings.NODE_NAME
+    return response
 
 
 def _delivery_view(form: Callable[[QueryRequest], Reply], doc: str) -> Callable:
@@ -65,11 +64,7 @@ def _delivery_view(form: Callable[[QueryRequest], Reply], doc: str) -> Callable:
                 base_url=settings.PUBLIC_BASE_URL or request.build_absolute_uri("/").rstrip("/"),
             )
         )
-        response = HttpResponse(reply.body, status=reply.status)
-        for name, value in reply.headers:
-            response[name] = value
-        response["X-Coremetrics-Node"] = settings.NODE_NAME
-        return response
+        return _response(reply)
 
     view.__doc__ = doc
     return view
@@ -122,7 +117,7 @@ def visitor(request: HttpRequest) -> HttpResponse:
         if _privacy_signal(request):
             raise QueryError(403, "Global Privacy Control is on: no visitor id is issued")
     except QueryError as error:
-        return _error(error)
+        return _response(error_reply(error))
     visitor_id = visitor_id_issue()
     session_id = session_id_issue(
         client_key=view.public_key,
@@ -130,7 +125,10 @@ def visitor(request: HttpRequest) -> HttpResponse:
         ip=ip_truncate(client_address(request.META)),
         now=time.time(),
     )
-    return _answer(request, view, {"visitor": visitor_id, "session": session_id})
+    headers = answer_headers(request.headers.get("Origin"), view, "application/json")
+    return _response(
+        Reply(200, headers, orjson.dumps({"visitor": visitor_id, "session": session_id}))
+    )
 
 
 @require_GET

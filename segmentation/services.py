@@ -33,7 +33,6 @@ from campaigns.selectors import (
 from campaigns.services import NOTHING, assignments_record, experiment_splits
 from coremetrics.models import Client
 from coremetrics.selectors import clients_all
-from delivery.answers import table_content_id, table_rules_of
 from delivery.criteria import conditions_check
 from delivery.services import (
     manifest_publish,
@@ -476,7 +475,7 @@ def visitor_explain(*, campaign_id: int, visitor_id: str, client_id: int | None)
     served = default
     request_rules = []
     if table is not None:
-        content_id = table_content_id(table, visitor_id)
+        content_id, mask = table.row(visitor_id)
         if content_id is not None:
             served = _content_answer(table.contents.get(content_id))
         request_rules = [
@@ -484,7 +483,7 @@ def visitor_explain(*, campaign_id: int, visitor_id: str, client_id: int | None)
                 "content": _content_answer(table.contents.get(rule.content_id)),
                 "conditions": rule.conditions,
             }
-            for rule in table_rules_of(table, visitor_id)
+            for rule in table.rules_in(mask)
         ]
     now = timezone.now()
     attachments: list[dict] = []

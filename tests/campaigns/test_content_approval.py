@@ -123,3 +123,19 @@ def test_html_sent_through_the_api_waits_for_approval_and_is_logged(client_a):
         ("created", "API token 'shop system'", False),
         ("changed", "API token 'shop system'", False),
     ]
+
+
+def test_content_in_use_cannot_be_deleted_and_leaves_no_audit_row(client_a):
+    attachment = AttachmentFactory(
+        campaign__client=client_a, content__type="script", content__url="https://cdn.example/a.js"
+    )
+    _, key = api_token_create(client=client_a, name="shop system", scope="write")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+
+    answer = api.delete(f"/api/v1/contents/{attachment.content_id}")
+
+    assert answer.status_code == 400
+    assert answer.json()["detail"].startswith("still in use by: ")
+    assert Content.objects.filter(pk=attachment.content_id).exists()
+    assert not ContentChange.objects.filter(action="deleted").exists()
