@@ -34,8 +34,10 @@ TRACKED_TYPES = (
     "purchase",
     "custom",
 )
-# Recorded by the server: delivery answers (D4) and clicks through our redirect (D1).
-RECORD_TYPES = ("delivery", "click", *TRACKED_TYPES)
+# Recorded by the server: delivery answers (D4), clicks through our redirect (D1), and the opens
+# and clicks of email messages (C2), which consolidation loads as email activity, not events.
+EMAIL_TYPES = ("email_open", "email_click")
+RECORD_TYPES = ("delivery", "click", *EMAIL_TYPES, *TRACKED_TYPES)
 TEXT_LIMITS = {
     "url": 2000,
     "referrer": 2000,

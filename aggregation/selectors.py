@@ -38,6 +38,62 @@ def canonical_of(*, client_id: int, visitor_id: str) -> str:
     return link.canonical_id if link is not None else visitor_id
 
 
+def profile_get(*, client_id: int, visitor_id: str) -> Profile | None:
+    """The profile of a visitor (canonical id), or None."""
+    return Profile.objects.filter(client_id=client_id, visitor_id=visitor_id).first()
+
+
+def profile_by_email(*, client_id: int, email: str) -> Profile | None:
+    """The most recently seen profile that gave this address (any case), or None."""
+    return (
+        Profile.objects.filter(client_id=client_id, email__iexact=email)
+        .order_by("-last_seen_at")
+        .first()
+    )
+
+
+def canonicals_of(*, client_id: int, visitor_ids: set[str]) -> dict[str, str]:
+    """Each visitor -> the canonical visitor whose profile holds its events now (itself when
+    it is joined to nobody; B5)."""
+    canonicals = {visitor_id: visitor_id for visitor_id in visitor_ids}
+    ids = list(visitor_ids)
+    for start in range(0, len(ids), 5000):
+        links = VisitorLink.objects.filter(
+            client_id=client_id, visitor_id__in=ids[start : start + 5000]
+        )
+        canonicals.update(links.values_list("visitor_id", "canonical_id"))
+    return canonicals
+
+
+def visitors_joined(*, client_id: int, canonicals: set[str]) -> dict[str, str]:
+    """Every visitor id whose events belong to these canonical visitors -> its canonical
+    (the canonicals themselves included; B5)."""
+    members = {canonical: canonical for canonical in canonicals}
+    links = VisitorLink.objects.filter(client_id=client_id, canonical_id__in=canonicals)
+    members.update(links.values_list("visitor_id", "canonical_id"))
+    return members
+
+
+def purchases_of(
+    *, client_id: int, visitor_ids: list[str], first: datetime, last: datetime
+) -> list[tuple[str, datetime, str, Decimal]]:
+    """(visitor, when, order id, value) of the purchases of these visitors in [first, last],
+    an order counted once at its last value."""
+    orders: dict[tuple[str, str], tuple[str, datetime, str, Decimal]] = {}
+    for start in range(0, len(visitor_ids), 5000):
+        rows = Event.objects.filter(
+            client_id=client_id,
+            type=Event.Type.PURCHASE,
+            visitor_id__in=visitor_ids[start : start + 5000],
+            occurred_at__gte=first,
+            occurred_at__lte=last,
+        ).values_list("visitor_id", "occurred_at", "order_id", "value", "event_id")
+        for visitor_id, at, order_id, value, event_id in rows.order_by("occurred_at"):
+            key = (visitor_id, order_id or str(event_id))
+            orders[key] = (visitor_id, at, order_id, value or Decimal(0))
+    return sorted(orders.values(), key=lambda row: row[1])
+
+
 def categories_seen(*, client_id: int, limit: int = 200) -> list[str]:
     """The categories of the client's product and category views, for pickers: the names
     the most recently seen profiles carry (their per-category view counts)."""

@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "anymail",
     "coremetrics",
     "delivery",
     "aggregation",
@@ -213,6 +214,36 @@ COLLECT_MAX_EVENTS = env.int("COLLECT_MAX_EVENTS", default=100)
 # a burst may use at once; beyond that collect answers 429 with Retry-After.
 COLLECT_RATE_PER_SECOND = env.float("COLLECT_RATE_PER_SECOND", default=2000)
 COLLECT_RATE_BURST_SECONDS = env.float("COLLECT_RATE_BURST_SECONDS", default=5)
+
+# Email campaigns (C2). EMAIL_URL names the server: smtp://user:password@host:25,
+# smtp+tls://...:587 or smtp+ssl://...:465; the embedded default (filemail://) writes each
+# message to a file under EMAIL_FILE_PATH (DATA_DIR/mail). EMAIL_BACKEND overrides the
+# backend, e.g. a django-anymail one ("anymail.backends.mailgun.EmailBackend") with its
+# settings in ANYMAIL (JSON).
+_email = env.email_url("EMAIL_URL", default="filemail://")
+EMAIL_HOST = _email["EMAIL_HOST"] or "localhost"
+EMAIL_PORT = _email["EMAIL_PORT"] or 25
+EMAIL_HOST_USER = _email["EMAIL_HOST_USER"] or ""
+EMAIL_HOST_PASSWORD = _email["EMAIL_HOST_PASSWORD"] or ""
+EMAIL_USE_TLS = _email.get("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = _email.get("EMAIL_USE_SSL", False)
+EMAIL_FILE_PATH = env("EMAIL_FILE_PATH", default=str(DATA_DIR / "mail"))
+EMAIL_BACKEND = env("EMAIL_BACKEND", default=_email["EMAIL_BACKEND"])
+ANYMAIL = env.json("ANYMAIL", default={})
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=30)
+# The tracking addresses in messages (pixel, links, unsubscribe) start with this.
+EMAIL_BASE_URL = env("EMAIL_BASE_URL", default=PUBLIC_BASE_URL or "http://127.0.0.1:8000")
+# A message claimed by a sender this long ago and never marked sent is taken as interrupted
+# (its sender died): it is reported, never sent again (docs/email.md).
+EMAIL_CLAIM_SECONDS = env.int("EMAIL_CLAIM_SECONDS", default=300)
+# Machine opens and clicks (B3, docs/email.md): fetchers' networks, and how soon after sending
+# and how close together activity is a machine's.
+EMAIL_MACHINE_NETWORKS = env.list(
+    "EMAIL_MACHINE_NETWORKS",
+    default=["17.0.0.0/8", "40.92.0.0/15", "40.107.0.0/16", "52.100.0.0/14", "104.47.0.0/17"],
+)
+EMAIL_MACHINE_SOON_SECONDS = env.float("EMAIL_MACHINE_SOON_SECONDS", default=10)
+EMAIL_MACHINE_BURST_SECONDS = env.float("EMAIL_MACHINE_BURST_SECONDS", default=2)
 
 # The REST API (/api/v1): per-client tokens (coremetrics/tokens.py) or a console session.
 REST_FRAMEWORK = {

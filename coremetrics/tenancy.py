@@ -88,13 +88,14 @@ class TenantForm(forms.ModelForm):
         foreign = [
             name
             for name, value in cleaned.items()
-            if isinstance(value, models.Model)
-            and _has_client(type(value))
+            for row in (value if isinstance(value, (models.QuerySet, list)) else [value])
+            if isinstance(row, models.Model)
+            and _has_client(type(row))
             # A row without a client yet is the unsaved parent of an inline: it takes ours.
-            and getattr(value, "client_id", None) is not None
-            and getattr(value, "client_id", None) != client.pk
+            and getattr(row, "client_id", None) is not None
+            and getattr(row, "client_id", None) != client.pk
         ]
-        for name in foreign:
+        for name in dict.fromkeys(foreign):
             self.add_error(name, "Choose one of this client's own rows.")
         return cleaned
 
@@ -122,6 +123,12 @@ class TenantScoped(admin.options.BaseModelAdmin):
             elif _has_client(related):
                 kwargs["queryset"] = related._default_manager.filter(client=client)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        related = db_field.related_model
+        if not request.user.is_superuser and _has_client(related):
+            kwargs["queryset"] = related._default_manager.filter(client=client_of(request))
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
 
     def get_exclude(self, request, obj=None):
         exclude = list(super().get_exclude(request, obj) or [])

@@ -35,6 +35,9 @@ urlpatterns = [
     path("", include("delivery.urls")),
     path("", include("aggregation.urls")),
     path("", include("segmentation.urls")),
+    path("", include("campaigns.urls")),
+    # Sending providers' delivery reports (bounces, complaints): docs/email.md.
+    path("anymail/", include("anymail.urls")),
     path("api/v1/", include((api_urlpatterns, "api"))),
     path("demo/", include(demo_shop.urlpatterns)),
     path("admin/", admin.site.urls),

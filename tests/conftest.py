@@ -1,3 +1,7 @@
+import email
+import email.policy
+import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -82,3 +86,54 @@ def outsider(client):
     user = UserFactory()
     client.force_login(user)
     return user
+
+
+class Inbox:
+    """What the SMTP server received: each message parsed, with its envelope recipients."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.messages: list = []
+        self.envelopes: list[list[str]] = []
+        self.refused: set[str] = set()
+        self.on_message = None  # called with each message, before the server answers
+
+    @property
+    def recipients(self) -> list[str]:
+        return [recipient for envelope in self.envelopes for recipient in envelope]
+
+    async def handle_RCPT(self, server, session, envelope, address, options):
+        if address.lower() in self.refused:
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.messages.append(message)
+        self.envelopes.append(list(envelope.rcpt_tos))
+        if self.on_message is not None:
+            self.on_message(message)
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def smtp_server(settings):
+    """A real SMTP server (aiosmtpd) on a free loopback port, which Django's SMTP backend
+    sends to."""
+    from aiosmtpd.controller import Controller
+
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # a line per SMTP command
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    inbox = Inbox(port)
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST = "127.0.0.1"
+    settings.EMAIL_PORT = port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.EMAIL_TIMEOUT = 5
+    yield inbox
+    controller.stop()

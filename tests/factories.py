@@ -12,7 +12,14 @@ from aggregation.models import (
     VisitorLink,
     VisitorSeparation,
 )
-from campaigns.models import Attachment, Campaign, Content, Experiment, Placement
+from campaigns.models import (
+    Attachment,
+    Campaign,
+    Content,
+    EmailCampaign,
+    Experiment,
+    Placement,
+)
 from coremetrics.models import Client, Membership, Site
 from delivery.identity import visitor_id_issue
 from delivery.models import Visitor
@@ -185,3 +192,26 @@ class ExperimentFactory(factory.django.DjangoModelFactory):
     attachment = factory.SubFactory(AttachmentFactory)
     client = factory.SelfAttribute("attachment.client")
     name = factory.Sequence(lambda n: f"Test {n}")
+
+
+class EmailCampaignFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = EmailCampaign
+        skip_postgeneration_save = True
+
+    client = factory.SubFactory(ClientFactory)
+    name = factory.Sequence(lambda n: f"Newsletter {n}")
+    status = EmailCampaign.Status.ACTIVE
+    from_email = "Golf Shop <news@golfshop.example>"
+    subject = "Hello {{ attributes.first_name or 'there' }}"
+    html_body = (
+        "<html><body><p>Hi {{ attributes.first_name or 'there' }}, you spent "
+        '${{ total_spent }}.</p><p><a href="https://golfshop.example/sale?a=1&amp;b=2">Sale</a>'
+        "</p></body></html>"
+    )
+    text_body = "Hi {{ attributes.first_name or 'there' }}. Sale: https://golfshop.example/sale\n"
+
+    @factory.post_generation
+    def segments(self, create, extracted, **kwargs):
+        if create and extracted:
+            self.segments.set(extracted)

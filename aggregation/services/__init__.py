@@ -20,6 +20,7 @@ from aggregation.services.ingest import (
     batch_errors,
     click_spool,
     deliveries_spool,
+    email_activity_spool,
     events_collect,
 )
 from aggregation.services.profiles import (
@@ -40,6 +41,7 @@ __all__ = [
     "dead_letter_path",
     "dead_letters",
     "deliveries_spool",
+    "email_activity_spool",
     "events_collect",
     "events_load",
     "identities_separate",

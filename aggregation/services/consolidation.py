@@ -33,6 +33,7 @@ from django.utils import timezone
 from aggregation import spool
 from aggregation.models import ConsolidationRun, Event
 from aggregation.records import (
+    EMAIL_TYPES,
     RecordError,
     record_parse,
 )
@@ -43,6 +44,8 @@ from aggregation.services.profiles import (
     profiles_rebuild,
     profiles_settle,
 )
+from campaigns.mailtracking import LANDING_PARAMETER
+from campaigns.services.email import email_activities_load, recipients_of_landings
 from coremetrics.models import Client
 
 logger = logging.getLogger(__name__)
@@ -292,6 +295,13 @@ class _Slice:
     # The visitors of its records, and the (lower-cased) emails they gave, per client.
     visitors: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))
     emails: dict[int, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
+    # Opens and clicks of email messages: loaded as email activity, not as events.
+    email_records: list[dict] = field(default_factory=list)
+    # Page views that landed from an email link, per client: visitor -> landing address.
+    landings: dict[int, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
+
+
+LANDING_MARK = f"{LANDING_PARAMETER}="
 
 
 def _slice_parse(file, first_number: int, known_clients: set[int], *, for_copy: bool) -> _Slice:
@@ -306,10 +316,15 @@ def _slice_parse(file, first_number: int, known_clients: set[int], *, for_copy: 
             piece.dead.append((number, str(error), line))
             continue
         if record["client"] in known_clients:
+            if record["type"] in EMAIL_TYPES:
+                piece.email_records.append(record)
+                continue
             piece.records.append(record)
             piece.visitors[record["client"]].add(record["visitor_id"])
             if record["email"]:
                 piece.emails[record["client"]][record["visitor_id"]] = record["email"].lower()
+            if LANDING_MARK in record["url"] and record["type"] == "page_view":
+                piece.landings[record["client"]][record["visitor_id"]] = record["url"]
         else:
             piece.dead.append((number, f"unknown client {record['client']}", line))
     if for_copy:
@@ -321,6 +336,7 @@ def _file_load(path: Path, paths: dict[str, Path], result: FileResult) -> None:
     # Bounded by the file's distinct visitors (about 100 bytes each), not by its lines.
     touched: dict[int, set[str]] = defaultdict(set)
     emails: dict[int, dict[str, str]] = defaultdict(dict)
+    landings: dict[int, dict[str, str]] = defaultdict(dict)
     # Every client a closed file can name existed when it was written; one deleted since has
     # its lines refused (or, deleted during the load, fails the slice and the file is retried).
     known_clients = set(Client.objects.values_list("pk", flat=True))
@@ -346,6 +362,11 @@ def _file_load(path: Path, paths: dict[str, Path], result: FileResult) -> None:
             result.lines += piece.lines
             result.bad_lines += len(piece.dead)
             _slice_load(piece, result, touched, emails)
+            for client_id, urls in piece.landings.items():
+                landings[client_id].update(urls)
+    # A visitor who landed from an email link joins its recipient, as if they gave the address.
+    for client_id, addresses in recipients_of_landings(landings=landings).items():
+        emails[client_id] = {**addresses, **emails[client_id]}
     # Profiles once per file, after its events: a visitor in many slices is computed once.
     # Ascending clients: with _visitors_lock's ascending buckets, one global lock order.
     for client_id, visitor_ids in sorted(touched.items()):
@@ -373,12 +394,13 @@ def _slice_load(
 ) -> None:
     with transaction.atomic():
         loaded = events_load(records=piece.records, copy_text=piece.copy_text)
+        loaded += email_activities_load(records=piece.email_records)
     for client_id, visitor_ids in piece.visitors.items():
         touched[client_id] |= visitor_ids
     for client_id, given in piece.emails.items():
         emails[client_id].update(given)
     result.loaded += loaded
-    result.duplicates += len(piece.records) - loaded
+    result.duplicates += len(piece.records) + len(piece.email_records) - loaded
 
 
 def _dead_write(file, number: int, reason: str, line: bytes) -> None:

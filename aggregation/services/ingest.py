@@ -147,3 +147,36 @@ def batch_errors(batch: object) -> list[str]:
     elif len(events) > settings.COLLECT_MAX_EVENTS:
         errors.append(f"events holds more than {settings.COLLECT_MAX_EVENTS} events")
     return errors
+
+
+def email_activity_spool(
+    *,
+    client_id: int,
+    kind: str,
+    visitor_id: str,
+    message_id: int,
+    user_agent: str,
+    ip: str,
+    at: datetime,
+    url: str = "",
+    is_decoy: bool = False,
+) -> None:
+    """Spool an open ("email_open") or a click ("email_click") of an email message (C2); no
+    database on the way. Raises OSError when the disk refuses."""
+    spool.spool_append(
+        [
+            record_new(
+                client_id=client_id,
+                kind=kind,
+                visitor_id=visitor_id,
+                occurred_at=at,
+                url=url[: TEXT_LIMITS["url"]],
+                properties={
+                    "message": message_id,
+                    "user_agent": user_agent[:300],
+                    "ip": ip,
+                    "decoy": is_decoy,
+                },
+            )
+        ]
+    )

@@ -1,6 +1,7 @@
 """S5 in the console: a member of client A neither sees nor changes client B's rows."""
 
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,16 +19,30 @@ from aggregation.models import (
     VisitorLink,
     VisitorSeparation,
 )
-from campaigns.models import Attachment, Campaign, Content, ContentChange, Experiment, Placement
+from campaigns.models import (
+    Attachment,
+    Campaign,
+    Content,
+    ContentChange,
+    EmailActivity,
+    EmailCampaign,
+    EmailMailing,
+    EmailMessage,
+    EmailSuppression,
+    Experiment,
+    Placement,
+)
 from campaigns.services import content_save
 from coremetrics.models import Client
 from delivery.models import Visitor
 from segmentation.models import Segment, TableVersion
 from segmentation.services import table_build
 from tests.factories import (
+    MOMENT,
     AttachmentFactory,
     CampaignFactory,
     ContentFactory,
+    EmailCampaignFactory,
     EventFactory,
     ImportJobFactory,
     ImportMappingFactory,
@@ -63,6 +78,20 @@ def messages_of(response) -> list[str]:
 def _tableversion_make(client: Client, tag: str) -> TableVersion:
     campaign = CampaignFactory(client=client, name=f"{tag} campaign")
     return table_build(campaign_id=campaign.pk)
+
+
+def _newsletter_make(client: Client, tag: str) -> EmailCampaign:
+    segment = SegmentFactory(client=client, name=f"{tag} segment")
+    return EmailCampaignFactory(client=client, name=f"{tag} newsletter", segments=[segment])
+
+
+def _message_make(client: Client, tag: str) -> EmailMessage:
+    campaign = _newsletter_make(client, tag)
+    mailing = EmailMailing.objects.create(client=client, campaign=campaign, occurrence=MOMENT)
+    return EmailMessage.objects.create(
+        client=client, mailing=mailing, campaign=campaign, visitor_id=f"{tag}-recipient",
+        email=f"{tag}@example.com", group="a", status="sent",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -215,6 +244,51 @@ KINDS = {
             by=f"{tag} admin",
             is_admin=True,
         ).changes.get(),
+    ),
+    "emailcampaign": Kind(
+        EmailCampaign,
+        _newsletter_make,
+        lambda row: {
+            "name": "renamed newsletter",
+            "status": "draft",
+            "segments": [str(pk) for pk in row.segments.values_list("pk", flat=True)],
+            "from_email": "news@shop.example",
+            "subject": "Hi",
+            "html_body": "<p>Hi</p>",
+            "text_body": "Hi",
+            "subject_b_share": "5000",
+            "holdout_share": "0",
+            "attribution_days": "7",
+        },
+        {
+            "name": "renamed newsletter",
+            "status": "draft",
+            "from_email": "news@shop.example",
+            "subject": "Hi",
+            "html_body": "<p>Hi</p>",
+            "text_body": "Hi",
+        },
+    ),
+    "emailsuppression": Kind(
+        EmailSuppression,
+        lambda client, tag: EmailSuppression.objects.create(
+            client=client, email=f"{tag}@example.com", reason="manual"
+        ),
+        lambda row: {"email": "Renamed@Example.com", "reason": "manual"},
+        {"email": "renamed@example.com"},
+    ),
+    "emailmailing": Kind(EmailMailing, lambda client, tag: _message_make(client, tag).mailing),
+    "emailmessage": Kind(EmailMessage, _message_make),
+    "emailactivity": Kind(
+        EmailActivity,
+        lambda client, tag: EmailActivity.objects.create(
+            event_id=uuid.uuid4(),
+            client=client,
+            message=_message_make(client, tag),
+            kind="open",
+            at=MOMENT,
+            user_agent=f"{tag} agent",
+        ),
     ),
     "importjob": Kind(
         ImportJob,
@@ -614,6 +688,11 @@ def test_marketer_index_lists_only_tenant_apps(client, marketer):
             "Campaign",
             "Content",
             "ContentChange",
+            "EmailActivity",
+            "EmailCampaign",
+            "EmailMailing",
+            "EmailMessage",
+            "EmailSuppression",
             "Experiment",
             "Placement",
         ],

@@ -358,3 +358,7 @@ def _date(value: str | None) -> date | None:
         return date.fromisoformat(value) if value else None
     except ValueError:
         return None
+
+
+# The email campaigns register themselves (a module of their own: campaigns/admin/email.py).
+from campaigns.admin import email as email_admin  # noqa: E402, F401

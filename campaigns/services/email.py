@@ -1,0 +1,542 @@
+"""Email campaigns (C2): a mailing's recipients chosen once, sent in batches that never mail
+anyone twice, tests sends, schedules, unsubscribes and bounces, and the opens and clicks loaded
+from the spool. Results are read by
+campaigns/selectors.py (email_campaign_results); docs/email.md tells the whole path.
+
+Never twice: a sender claims one message at a time (committed before the mail server hears of
+it) and marks it sent once the server accepted it. A sender killed between the two leaves the
+message claimed; it is reported as interrupted and never sent again, because it may have
+arrived. So a killed and re-run mailing mails every recipient at most once, and all but the
+one message in flight exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import make_msgid, parseaddr
+from functools import partial
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives, get_connection
+from django.db import transaction
+from django.db.models import Count, Q
+from django.db.models.functions import Lower
+from django.utils import timezone
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, PeriodicTask
+
+from aggregation.selectors import profile_by_email, profile_get, profiles_matching
+from campaigns.bucketing import BUCKETS, HOLDOUT, allocation_update, group_of
+from campaigns.mailtemplates import SAMPLE, template_render
+from campaigns.mailtracking import (
+    DECOY_HTML,
+    Addresses,
+    MessageRef,
+    TrackingError,
+    html_links_track,
+    landing_token,
+    message_token,
+    message_token_read,
+    text_links_track,
+)
+from campaigns.models import (
+    EmailActivity,
+    EmailCampaign,
+    EmailMailing,
+    EmailMessage,
+    EmailSuppression,
+)
+from segmentation.services import rule_condition
+
+logger = logging.getLogger(__name__)
+
+# Messages one run of the send task mails: a few seconds of SMTP, one message in memory at a
+# time. A throttled campaign mails at most its rate per run and runs once a minute.
+BATCH_SIZE = 200
+# Profiles read per query while a mailing's recipients are written.
+RECIPIENTS_CHUNK = 2000
+SEND_TASK = "campaigns.send_email_campaign"
+
+
+class EmailError(ValueError):
+    pass
+
+
+class SendDeferred(Exception):
+    """The mail server is unreachable or asked to try later: nothing claimed was lost; the
+    batch stops and the task retries."""
+
+
+def _groups(campaign: EmailCampaign) -> list[str]:
+    mailed = BUCKETS - campaign.holdout_share
+    second = mailed * campaign.subject_b_share // BUCKETS if campaign.subject_b else 0
+    return allocation_update(
+        None, {HOLDOUT: campaign.holdout_share, "a": mailed - second, "b": second}
+    )
+
+
+def recipients_matching(*, campaign: EmailCampaign):
+    """The profiles a campaign mails now: in one of its segments, in none of its exclusions,
+    with an address that neither unsubscribed nor bounced."""
+    client_id = campaign.client_id
+    included = Q(pk__in=[])
+    for segment in campaign.segments.all():
+        included |= rule_condition(rule=segment.rule, client_id=client_id)
+    excluded = Q(pk__in=[])
+    for segment in campaign.excluded_segments.all():
+        excluded |= rule_condition(rule=segment.rule, client_id=client_id)
+    suppressed = EmailSuppression.objects.filter(client_id=client_id).values("email")
+    return (
+        profiles_matching(client_id=client_id, condition=included & ~excluded)
+        .exclude(email="")
+        .annotate(address=Lower("email"))
+        .exclude(address__in=suppressed)
+    )
+
+
+def _this_minute() -> datetime:
+    return timezone.now().replace(second=0, microsecond=0)
+
+
+@transaction.atomic
+def mailing_start(*, campaign: EmailCampaign, occurrence: datetime | None = None) -> EmailMailing:
+    """The mailing of a campaign due at `occurrence` (default: this minute), its recipients
+    chosen and written once: asked again for the same occurrence, the same mailing. Raises
+    EmailError."""
+    occurrence = occurrence or _this_minute()
+    if campaign.status != EmailCampaign.Status.ACTIVE:
+        raise EmailError("only an active campaign sends; this one is " + campaign.status)
+    if not campaign.segments.exists():
+        raise EmailError("choose at least one segment to mail")
+    mailing, created = EmailMailing.objects.get_or_create(
+        campaign=campaign, occurrence=occurrence, defaults={"client_id": campaign.client_id}
+    )
+    if not created:
+        return mailing
+    allocation = _groups(campaign)
+    seen: set[str] = set()
+    batch: list[EmailMessage] = []
+    profiles = recipients_matching(campaign=campaign).order_by("address", "-last_seen_at")
+    for visitor_id, address in profiles.values_list("visitor_id", "address").iterator(
+        chunk_size=RECIPIENTS_CHUNK
+    ):
+        if address in seen:  # two profiles with one address: the one seen last is mailed
+            continue
+        seen.add(address)
+        group = group_of(allocation, campaign.salt, visitor_id)
+        batch.append(
+            EmailMessage(
+                client_id=campaign.client_id,
+                mailing=mailing,
+                campaign=campaign,
+                visitor_id=visitor_id,
+                email=address,
+                group=group,
+                status=EmailMessage.Status.HELD_OUT
+                if group == HOLDOUT
+                else EmailMessage.Status.PENDING,
+            )
+        )
+        if len(batch) == RECIPIENTS_CHUNK:
+            EmailMessage.objects.bulk_create(batch)
+            batch = []
+    EmailMessage.objects.bulk_create(batch)
+    mailing.recipients = len(seen)
+    mailing.save(update_fields=["recipients"])
+    return mailing
+
+
+def email_campaign_send(
+    *, campaign: EmailCampaign, occurrence: datetime | None = None
+) -> EmailMailing:
+    """Start a mailing of the campaign now (or for a scheduled occurrence) and queue its
+    sending once committed; raises EmailError."""
+    from campaigns.tasks import send_mailing
+
+    mailing = mailing_start(campaign=campaign, occurrence=occurrence)
+    transaction.on_commit(partial(send_mailing.delay, mailing.pk))
+    return mailing
+
+
+@dataclass
+class BatchResult:
+    sent: int = 0
+    bounced: int = 0
+    failed: int = 0
+    remaining: int = 0
+
+
+def mailing_send_batch(*, mailing_id: int, limit: int = BATCH_SIZE) -> BatchResult:
+    """Mail up to `limit` waiting messages of a mailing; raises SendDeferred when the mail
+    server cannot take them now (the task retries)."""
+    mailing = EmailMailing.objects.select_related("campaign").get(pk=mailing_id)
+    campaign = mailing.campaign
+    result = BatchResult()
+    _interrupted_mark(mailing)
+    if campaign.status == EmailCampaign.Status.ACTIVE:
+        connection = get_connection(fail_silently=False, timeout=settings.EMAIL_TIMEOUT)
+        try:
+            connection.open()
+        except (OSError, smtplib.SMTPException) as error:
+            raise SendDeferred(f"the mail server is unreachable: {error}") from error
+        try:
+            for _ in range(limit):
+                message = _claim(mailing)
+                if message is None:
+                    break
+                outcome = _send(connection, message, campaign)
+                setattr(result, outcome, getattr(result, outcome) + 1)
+        finally:
+            connection.close()
+    result.remaining = mailing.messages.filter(status=EmailMessage.Status.PENDING).count()
+    if (
+        not result.remaining
+        and not mailing.messages.filter(status=EmailMessage.Status.SENDING).exists()
+    ):
+        EmailMailing.objects.filter(pk=mailing.pk, status=EmailMailing.Status.SENDING).update(
+            status=EmailMailing.Status.DONE, finished_at=timezone.now()
+        )
+    return result
+
+
+def mailing_send(*, mailing_id: int, sleep=time.sleep) -> BatchResult:
+    """Mail a whole mailing in this process, batch after batch; a throttled campaign waits a
+    minute after each batch of its rate. Raises SendDeferred."""
+    total = BatchResult()
+    while True:
+        rate = EmailCampaign.objects.get(mailings=mailing_id).rate_per_minute
+        result = mailing_send_batch(
+            mailing_id=mailing_id, limit=min(BATCH_SIZE, rate or BATCH_SIZE)
+        )
+        for name in ("sent", "bounced", "failed"):
+            setattr(total, name, getattr(total, name) + getattr(result, name))
+        total.remaining = result.remaining
+        if not result.remaining or not (result.sent or result.bounced or result.failed):
+            return total
+        if rate:
+            sleep(60)
+
+
+def _interrupted_mark(mailing: EmailMailing) -> int:
+    stale = timezone.now() - timedelta(seconds=settings.EMAIL_CLAIM_SECONDS)
+    return mailing.messages.filter(status=EmailMessage.Status.SENDING, claimed_at__lt=stale).update(
+        status=EmailMessage.Status.INTERRUPTED, error="its sender stopped while sending"
+    )
+
+
+@transaction.atomic
+def _claim(mailing: EmailMailing) -> EmailMessage | None:
+    # Committed before the message goes out: whatever happens next, it is never claimed again.
+    message = (
+        mailing.messages.select_for_update(skip_locked=True)
+        .filter(status=EmailMessage.Status.PENDING)
+        .order_by("id")
+        .first()
+    )
+    if message is not None:
+        message.status = EmailMessage.Status.SENDING
+        message.claimed_at = timezone.now()
+        message.save(update_fields=["status", "claimed_at"])
+    return message
+
+
+def _send(connection, message: EmailMessage, campaign: EmailCampaign) -> str:
+    try:
+        email = message_build(message=message, campaign=campaign, connection=connection)
+    except Exception as error:  # the template met a profile it cannot render
+        _finish(message, EmailMessage.Status.FAILED, error=f"template: {error}")
+        return "failed"
+    try:
+        email.send()
+    except smtplib.SMTPRecipientsRefused as error:
+        _finish(message, EmailMessage.Status.BOUNCED, error=str(error.recipients)[:500])
+        suppression_add(
+            client_id=message.client_id,
+            email=message.email,
+            reason=EmailSuppression.Reason.BOUNCED,
+            message=message,
+        )
+        return "bounced"
+    except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as error:
+        if 400 <= error.smtp_code < 500:  # refused for now, so certainly not delivered
+            _finish(message, EmailMessage.Status.PENDING, error=str(error)[:500])
+            raise SendDeferred(str(error)) from error
+        _finish(message, EmailMessage.Status.FAILED, error=str(error)[:500])
+        return "failed"
+    except (OSError, smtplib.SMTPException) as error:
+        # Cut off mid-conversation: the server may have taken it. Never sent again.
+        _finish(message, EmailMessage.Status.INTERRUPTED, error=str(error)[:500])
+        raise SendDeferred(str(error)) from error
+    status = getattr(email, "anymail_status", None)
+    _finish(
+        message,
+        EmailMessage.Status.SENT,
+        message_id=email.extra_headers["Message-ID"],
+        provider_id=(status.message_id or "") if status is not None else "",
+        sent_at=timezone.now(),
+    )
+    return "sent"
+
+
+def _finish(message: EmailMessage, status: str, **fields) -> None:
+    EmailMessage.objects.filter(pk=message.pk).update(status=status, **fields)
+
+
+def _context(profile) -> dict:
+    if profile is None:  # a test send to an address without a profile: show a sample one
+        return {**SAMPLE, "attributes": dict(SAMPLE["attributes"])}
+    categories: dict[str, int] = profile.categories or {}
+    return {
+        "email": profile.email,
+        "visits": profile.visits,
+        "page_views": profile.page_views,
+        "purchases": profile.purchases,
+        "total_spent": profile.total_spent,
+        "average_order_value": profile.average_order_value,
+        "source": profile.source,
+        "top_category": max(categories, key=lambda name: categories[name]) if categories else "",
+        "first_seen_at": profile.first_seen_at,
+        "last_seen_at": profile.last_seen_at,
+        "attributes": dict(profile.attributes or {}),
+    }
+
+
+def message_build(
+    *, message: EmailMessage, campaign: EmailCampaign, connection=None
+) -> EmailMultiAlternatives:
+    """The message as it is sent: personalized, every link through the signed redirect, the
+    open pixel, a decoy link for scanners, and RFC 8058 one-click unsubscribe headers."""
+    profile = profile_get(client_id=message.client_id, visitor_id=message.visitor_id)
+    token = message_token(MessageRef(message.client_id, message.pk, message.visitor_id))
+    addresses = Addresses(base=settings.EMAIL_BASE_URL.rstrip("/"), token=token)
+    context = {**_context(profile), "email": message.email}
+    context["unsubscribe_url"] = addresses.unsubscribe
+    subject_source = campaign.subject_b if message.group == "b" else campaign.subject
+    subject = " ".join(template_render(subject_source, context, is_html=False).split())
+    own = f"{addresses.base}/e/"
+
+    def track(url: str) -> str:
+        return url if url.startswith(own) else addresses.link(url)
+
+    html = html_links_track(template_render(campaign.html_body, context, is_html=True), track)
+    text = text_links_track(template_render(campaign.text_body, context, is_html=False), track)
+    if addresses.unsubscribe not in text:
+        text += f"\n\nUnsubscribe: {addresses.unsubscribe}\n"
+    footer = DECOY_HTML.format(href=addresses.link(addresses.base + "/", is_decoy=True))
+    if addresses.unsubscribe not in html:
+        footer += f'<p style="font-size:12px"><a href="{addresses.unsubscribe}">Unsubscribe</a></p>'
+    footer += f'<img src="{addresses.open}" width="1" height="1" alt="" style="display:block">'
+    html = html.replace("</body>", footer + "</body>") if "</body>" in html else html + footer
+    domain = parseaddr(campaign.from_email)[1].rpartition("@")[2] or "localhost"
+    email = EmailMultiAlternatives(
+        subject=subject,
+        body=text,
+        from_email=campaign.from_email,
+        to=[message.email],
+        reply_to=[campaign.reply_to] if campaign.reply_to else None,
+        headers={
+            "Message-ID": make_msgid(domain=domain),
+            "List-Unsubscribe": f"<{addresses.unsubscribe}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        },
+        connection=connection,
+    )
+    email.attach_alternative(html, "text/html")
+    return email
+
+
+def email_test_send(*, campaign: EmailCampaign, addresses: list[str]) -> int:
+    """Send the campaign to these addresses as a test ("[Test]" subject, the profile of the
+    address when the client has one, else a sample; links not tracked). Returns how many."""
+    messages = []
+    for address in addresses:
+        profile = profile_by_email(client_id=campaign.client_id, email=address)
+        context = {**_context(profile), "email": address, "unsubscribe_url": "#unsubscribe"}
+        subject = " ".join(template_render(campaign.subject, context, is_html=False).split())
+        email = EmailMultiAlternatives(
+            subject=f"[Test] {subject}",
+            body=template_render(campaign.text_body, context, is_html=False),
+            from_email=campaign.from_email,
+            to=[address],
+        )
+        email.attach_alternative(
+            template_render(campaign.html_body, context, is_html=True), "text/html"
+        )
+        messages.append(email)
+    return get_connection(fail_silently=False).send_messages(messages) or 0
+
+
+def suppression_add(
+    *, client_id: int, email: str, reason: str, message: EmailMessage | None = None
+) -> EmailSuppression:
+    """Never mail this address of this client again (the first reason is kept)."""
+    suppression, _ = EmailSuppression.objects.get_or_create(
+        client_id=client_id,
+        email=email.lower(),
+        defaults={"reason": reason, "message": message},
+    )
+    return suppression
+
+
+@transaction.atomic
+def email_unsubscribe(*, token: str) -> EmailMessage:
+    """One-click unsubscribe (RFC 8058) of a message's recipient; raises TrackingError for a
+    token not made here. Asked twice, nothing changes the second time."""
+    ref = message_token_read(token)
+    message = EmailMessage.objects.filter(pk=ref.message_id, client_id=ref.client_id).first()
+    if message is None:
+        raise TrackingError("this message is no longer known")
+    if message.unsubscribed_at is None:
+        message.unsubscribed_at = timezone.now()
+        message.save(update_fields=["unsubscribed_at"])
+    suppression_add(
+        client_id=message.client_id,
+        email=message.email,
+        reason=EmailSuppression.Reason.UNSUBSCRIBED,
+        message=message,
+    )
+    return message
+
+
+def email_delivery_report(*, provider_id: str, event_type: str) -> int:
+    """A sending provider's report (django-anymail tracking): a bounce or a complaint marks
+    the message and suppresses its address. Returns the messages changed."""
+    reasons = {
+        "bounced": EmailSuppression.Reason.BOUNCED,
+        "rejected": EmailSuppression.Reason.BOUNCED,
+        "complained": EmailSuppression.Reason.COMPLAINED,
+    }
+    if not provider_id or event_type not in reasons:
+        return 0
+    changed = 0
+    for message in EmailMessage.objects.filter(provider_id=provider_id):
+        if event_type != "complained":
+            _finish(message, EmailMessage.Status.BOUNCED, error=f"reported {event_type}")
+        suppression_add(
+            client_id=message.client_id,
+            email=message.email,
+            reason=reasons[event_type],
+            message=message,
+        )
+        changed += 1
+    return changed
+
+
+def email_activities_load(*, records: list[dict]) -> int:
+    """Opens and clicks from spool records (consolidation calls this in the transaction of
+    their slice); a record of another client's message, or of a deleted one, is skipped.
+    Returns how many were new."""
+    if not records:
+        return 0
+    messages = dict(
+        EmailMessage.objects.filter(
+            pk__in={record["properties"].get("message") for record in records}
+        ).values_list("pk", "client_id")
+    )
+    activities = []
+    for record in records:
+        properties = record["properties"]
+        message_id = properties.get("message")
+        if messages.get(message_id) != record["client"]:
+            logger.warning("email activity of an unknown message %s skipped", message_id)
+            continue
+        activities.append(
+            EmailActivity(
+                event_id=record["event_id"],
+                client_id=record["client"],
+                message_id=message_id,
+                kind="open" if record["type"] == "email_open" else "click",
+                at=record["occurred_at"],
+                url=record["url"],
+                is_decoy=bool(properties.get("decoy")),
+                user_agent=str(properties.get("user_agent", ""))[:300],
+                ip=str(properties.get("ip", ""))[:45],
+            )
+        )
+    before = EmailActivity.objects.filter(event_id__in=[a.event_id for a in activities]).count()
+    EmailActivity.objects.bulk_create(activities, batch_size=500, ignore_conflicts=True)
+    return len(activities) - before
+
+
+def recipients_of_landings(*, landings: dict[int, dict[str, str]]) -> dict[int, dict[str, str]]:
+    """For the page views that landed from an email link (client -> {visitor: landing url}),
+    the recipient's address per visitor, so that the visitor joins the recipient (B5)."""
+    refs: dict[int, dict[str, MessageRef]] = {}
+    for client_id, urls in landings.items():
+        for visitor_id, url in urls.items():
+            try:
+                ref = message_token_read(landing_token(url))
+            except TrackingError:
+                continue
+            if ref.client_id == client_id:  # one client's link never joins another's visitor
+                refs.setdefault(client_id, {})[visitor_id] = ref
+    addresses = dict(
+        EmailMessage.objects.filter(
+            pk__in=[ref.message_id for by in refs.values() for ref in by.values()]
+        ).values_list("pk", "email")
+    )
+    return {
+        client_id: {
+            visitor_id: addresses[ref.message_id]
+            for visitor_id, ref in by.items()
+            if ref.message_id in addresses
+        }
+        for client_id, by in refs.items()
+    }
+
+
+REPEATS = {
+    "daily": {"day_of_week": "*"},
+    "weekly": None,  # on the weekday of the first sending
+}
+
+
+@transaction.atomic
+def email_campaign_schedule(
+    *, campaign: EmailCampaign, at: datetime, repeat: str = ""
+) -> PeriodicTask:
+    """Put the campaign in the beat schedule: once at `at`, or from then on daily or weekly
+    at that time (editable afterwards under Periodic tasks). Raises EmailError."""
+    if repeat not in ("", *REPEATS):
+        raise EmailError(f"repeat is one of: once, {', '.join(REPEATS)}")
+    local = timezone.localtime(at)
+    if not repeat and at <= timezone.now():
+        raise EmailError("a single sending must be in the future")
+    task = campaign.schedule or PeriodicTask(name=f"Email campaign {campaign.pk}: {campaign}")
+    task.task = SEND_TASK
+    task.args = f"[{campaign.pk}]"
+    task.enabled = True
+    task.interval = task.solar = None
+    if repeat:
+        task.clocked = None
+        task.one_off = False
+        task.crontab, _ = CrontabSchedule.objects.get_or_create(
+            minute=str(local.minute),
+            hour=str(local.hour),
+            day_of_week="*" if repeat == "daily" else str(local.isoweekday() % 7),
+            day_of_month="*",
+            month_of_year="*",
+            timezone=str(timezone.get_current_timezone()),
+        )
+        task.start_time = at
+    else:
+        task.crontab = None
+        task.one_off = True
+        task.clocked, _ = ClockedSchedule.objects.get_or_create(clocked_time=at)
+    task.save()
+    if campaign.schedule_id != task.pk:
+        campaign.schedule = task
+        campaign.save(update_fields=["schedule"])
+    return task
+
+
+def email_campaign_unschedule(*, campaign: EmailCampaign) -> None:
+    if campaign.schedule is not None:
+        campaign.schedule.delete()
+
+
+def mailing_status_counts(*, mailing: EmailMailing) -> dict[str, int]:
+    return dict(mailing.messages.values_list("status").annotate(count=Count("id")).order_by())

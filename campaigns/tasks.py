@@ -1,0 +1,43 @@
+from celery import shared_task
+
+from campaigns.models import EmailCampaign
+from campaigns.services.email import (
+    BATCH_SIZE,
+    EmailError,
+    SendDeferred,
+    email_campaign_send,
+    mailing_send_batch,
+)
+
+
+@shared_task(name="campaigns.send_email_campaign")
+def send_email_campaign(campaign_id: int) -> dict:
+    """The beat schedule's entry for a campaign: start its mailing for this minute (a second
+    firing in the same minute finds the same mailing) and queue its sending."""
+    campaign = EmailCampaign.objects.get(pk=campaign_id)
+    try:
+        mailing = email_campaign_send(campaign=campaign)
+    except EmailError as error:
+        return {"campaign": campaign_id, "skipped": str(error)}
+    return {"campaign": campaign_id, "mailing": mailing.pk, "recipients": mailing.recipients}
+
+
+@shared_task(name="campaigns.send_mailing", bind=True, max_retries=8)
+def send_mailing(self, mailing_id: int) -> dict:
+    """Mail one batch of a mailing, then queue the next: at once, or a minute later for a
+    throttled campaign (at most its rate a minute). Re-run, it mails only what is waiting."""
+    rate = (
+        EmailCampaign.objects.filter(mailings=mailing_id)
+        .values_list("rate_per_minute", flat=True)
+        .first()
+    )
+    try:
+        result = mailing_send_batch(
+            mailing_id=mailing_id, limit=min(BATCH_SIZE, rate or BATCH_SIZE)
+        )
+    except SendDeferred as error:
+        # Bounded backoff: 1, 2, 4 ... 128 minutes.
+        raise self.retry(exc=error, countdown=60 * 2**self.request.retries) from error
+    if result.remaining:
+        send_mailing.apply_async((mailing_id,), countdown=60 if rate else 0)
+    return {"mailing": mailing_id, **vars(result)}
