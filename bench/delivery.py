@@ -3,6 +3,8 @@
     make bench-delivery              # the whole run (about 5.5 minutes), services started
     .venv/bin/python bench/delivery.py --visitors 100000 --duration 3 --servers granian
                                      # a quicker look, with DATABASE_URL and REDIS_URL set
+    .venv/bin/python bench/delivery.py --visitors 100000 --in-process 20000 [--profile]
+                                     # no server: the handler's own time per query
 
 Setup: one client with one campaign on one placement (a default content and three others) and
 a published lookup table of --visitors server-issued visitor ids (stored with `table_store`,
@@ -24,6 +26,11 @@ wrk at concurrency 1, 16 and 64 for --duration seconds each. Errors are wrk's so
 Output: a table (server, variant, concurrency, requests/s, p50, p99, errors), then one JSON
 line for the production server (production_server_choose) at concurrency 16: rps, p50_ms,
 p99_ms keyed by variant letter, errors (all its runs at 16), ratio_c_over_a, ratio_c_over_d.
+
+--in-process CALLS: no server and no wrk. Variant (c)'s application is called in this process
+CALLS times per round over the same request paths, IN_PROCESS_ROUNDS rounds after one warm-up
+round; the output is one JSON line: us_per_query (the median round) and every round's figure.
+With --profile, cProfile's busiest functions over one more round instead.
 Runs in a database of its own (coremetrics_bench_delivery, created anew and dropped at the end)
 and Redis database 6 (flushed before and after), so the test suite's databases are left alone.
 """
@@ -69,6 +76,7 @@ WARMUP_ROUNDS = 5
 # Warm-up ends when a round's rate is within this share of the previous round's.
 WARMUP_SETTLED = 0.2
 COPY_ROWS = 50_000
+IN_PROCESS_ROUNDS = 7
 
 # Two workers for two cores, one thread each (docs/deployment.md's production command): the
 # delivery answer never waits on the network, and more threads per worker only contend for
@@ -147,11 +155,15 @@ def main() -> None:
     parser.add_argument("--visitors", type=int, default=1_000_000)
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
+    parser.add_argument(
+        "--in-process", type=int, default=0, metavar="CALLS", help="no server: CALLS per round"
+    )
+    parser.add_argument("--profile", action="store_true", help="with --in-process: cProfile")
     args = parser.parse_args()
     servers = args.servers.split(",")
     if unknown := set(servers) - set(SERVERS):
         sys.exit(f"unknown servers: {sorted(unknown)}")
-    if shutil.which("wrk") is None:
+    if shutil.which("wrk") is None and not args.in_process:
         sys.exit("wrk not found (scripts/bootstrap.sh --system installs it)")
     # SIGTERM and SIGHUP end the run like Ctrl-C: the servers are stopped on the way out.
     for number in (signal.SIGTERM, signal.SIGHUP):
@@ -171,6 +183,9 @@ def main() -> None:
     )
     try:
         setup = _setup(args.visitors)
+        if args.in_process:
+            _in_process(setup, args.in_process, args.profile)
+            return
         results = _measure(servers, setup, work_dir, args.duration)
     finally:
         _cleanup(admin_url, work_dir)
@@ -287,6 +302,73 @@ def _visitors_copy(table: str, client_id: int, visitors: dict[str, int]) -> None
             cursor.copy_expert(copy, buffer)
         # Statistics and the visibility map now, so that no measured run pays for them.
         cursor.execute(f"VACUUM ANALYZE {table}")
+
+
+def _in_process(setup: Setup, calls: int, profile: bool) -> None:
+    """Variant (c) called in this process: the time our handler takes per query, which wrk's
+    rates mix with the server's own and the load generator's."""
+    from coremetrics.wsgi import application
+
+    path = VARIANTS["c"][1]
+    environs = [
+        {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80",
+            "HTTP_HOST": "127.0.0.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_USER_AGENT": "wrk",
+            "wsgi.url_scheme": "http",
+        }
+        for query in setup.queries
+    ]
+    statuses = set()
+
+    def start_response(status: str, headers: list, exc_info: object = None) -> None:
+        statuses.add(status)
+
+    known = next(
+        environ for environ in environs if setup.expected[_visitor(environ["QUERY_STRING"])]
+    )
+    deadline = time.monotonic() + READY_SECONDS
+    # The tables arrive with the refresh thread, as in a server's worker.
+    while (
+        json.loads(b"".join(application(known, start_response)))["placements"][0]["source"]
+        != "table"
+    ):
+        if time.monotonic() > deadline:
+            sys.exit("the published table did not load")
+        time.sleep(0.2)
+
+    def round_seconds(count: int) -> float:
+        started = time.perf_counter()
+        for index in range(count):
+            application(environs[index % len(environs)], start_response)
+        return time.perf_counter() - started
+
+    # Every visitor id checked once and the spool file opened, as in a warmed-up worker.
+    round_seconds(len(environs))
+    if profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.runcall(round_seconds, calls)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+    else:
+        figures = [round_seconds(calls) / calls * 1e6 for _ in range(IN_PROCESS_ROUNDS)]
+        print(
+            json.dumps(
+                {
+                    "us_per_query": round(sorted(figures)[len(figures) // 2], 2),
+                    "rounds": [round(figure, 2) for figure in figures],
+                }
+            )
+        )
+    if statuses != {"200 OK"}:
+        sys.exit(f"answered with {sorted(statuses)}")
 
 
 def _measure(servers: list[str], setup: Setup, work_dir: Path, duration: int) -> list[Run]:

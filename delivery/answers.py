@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from delivery.criteria import RequestFacts, conditions_match
@@ -14,7 +14,7 @@ def placements_answer(
     view: ClientView,
     *,
     visitor_id: str,
-    placement_keys: list[str],
+    placement_keys: Sequence[str],
     facts: Callable[[], RequestFacts] | None = None,
     cap_take: Callable[[PlacementView], bool] | None = None,
 ) -> list[dict]:

