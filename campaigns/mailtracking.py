@@ -117,7 +117,8 @@ def landing_token(url: str) -> str:
 
 # <a ... href="http(s)://..."> in rendered HTML (attribute values are HTML-escaped there).
 HTML_LINK_RE = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"'\s]+)\2""", re.I)
-TEXT_LINK_RE = re.compile(r"""https?://[^\s<>"']+""")
+# A bare address in text, without the punctuation that ends a sentence after it.
+TEXT_LINK_RE = re.compile(r"""https?://[^\s<>"']*[^\s<>"'.,;:!?)\]]""")
 # Invisible to a person, followed by scanners that fetch every link of a message.
 DECOY_HTML = (
     '<a href="{href}" style="display:none;font-size:0;color:transparent" aria-hidden="true" '

@@ -48,7 +48,8 @@ class EmailCampaign(models.Model):
         help_text="Never mailed: the visitors of any of these segments.",
     )
     from_email = models.CharField(
-        max_length=254, help_text='The sender, e.g. "Golf Shop <news@golfshop.example>".'
+        max_length=254,
+        help_text="The sender: an address, or a name with the address in angle brackets.",
     )
     reply_to = models.EmailField(max_length=254, blank=True)
     subject = models.CharField(
