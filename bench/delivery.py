@@ -329,15 +329,16 @@ def _in_process(setup: Setup, calls: int, profile: bool) -> None:
     def start_response(status: str, headers: list, exc_info: object = None) -> None:
         statuses.add(status)
 
+    def source(environ: dict) -> str:
+        body = b"".join(application(environ, start_response))
+        return json.loads(body)["placements"][0]["source"]
+
     known = next(
         environ for environ in environs if setup.expected[_visitor(environ["QUERY_STRING"])]
     )
     deadline = time.monotonic() + READY_SECONDS
     # The tables arrive with the refresh thread, as in a server's worker.
-    while (
-        json.loads(b"".join(application(known, start_response)))["placements"][0]["source"]
-        != "table"
-    ):
+    while source(known) != "table":
         if time.monotonic() > deadline:
             sys.exit("the published table did not load")
         time.sleep(0.2)
