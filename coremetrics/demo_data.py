@@ -18,6 +18,7 @@ from campaigns.models import (
     Attachment,
     Campaign,
     Content,
+    EmailCampaign,
     Experiment,
     ExperimentGroup,
     Placement,
@@ -97,9 +98,37 @@ def demo_client_seed(*, base_url: str) -> Client:
         key="tee-offer",
         defaults={"name": "Tee offer", "placement": offer_placement, "default_content": offer},
     )
+    _email_seed(client, base)
     _users_seed(client)
     _other_client_seed(base)
     return client
+
+
+def _email_seed(client: Client, base: str) -> None:
+    """An email campaign to the buyers, ready to send (messages go to var/mail in the demo)."""
+    campaign, _ = EmailCampaign.objects.update_or_create(
+        client=client,
+        name="Driver week for buyers",
+        defaults={
+            "status": EmailCampaign.Status.ACTIVE,
+            "from_email": "Fairway Golf <news@fairway.example>",
+            "subject": "{{ attributes.first_name or 'Golfer' }}, the X1 driver is 15% off",
+            "subject_b": "This week only: 15% off the X1 Carbon Driver",
+            "holdout_share": 1000,
+            "html_body": (
+                "<html><body><h1>Hello {{ attributes.first_name or 'golfer' }},</h1>\n"
+                "<p>Thanks for your {{ purchases }} order{{ 's' if purchases != 1 else '' }} "
+                "with us. This week the X1 Carbon Driver is 15% off.</p>\n"
+                f'<p><a href="{base}/demo/shop/product/driver-x1/">See the driver</a></p>\n'
+                "</body></html>"
+            ),
+            "text_body": (
+                "Hello {{ attributes.first_name or 'golfer' }},\n\nThis week the X1 Carbon "
+                f"Driver is 15% off: {base}/demo/shop/product/driver-x1/\n"
+            ),
+        },
+    )
+    campaign.segments.set(Segment.objects.filter(client=client, name="Bought at least once"))
 
 
 def _experiment_seed(client: Client, campaign: Campaign, banner) -> None:
@@ -165,7 +194,7 @@ def demo_history_seed(*, client: Client, visitors: int, seed: int = 7) -> int:
     now = timezone.now()
     count = 0
     batch: list[dict] = []
-    for _ in range(visitors):
+    for number in range(visitors):
         visitor_id = visitor_id_issue()
         visits = rng.choices([1, 2, 3, 5, 8], weights=[45, 25, 15, 10, 5])[0]
         start = now - timedelta(days=rng.uniform(2, 60))
@@ -185,7 +214,9 @@ def demo_history_seed(*, client: Client, visitors: int, seed: int = 7) -> int:
                         events.append(("cart_remove", {"product_id": product["id"]}))
             if any(kind == "cart_add" for kind, _ in events) and rng.random() < 0.45:
                 value = f"{rng.uniform(25, 900):.2f}"
-                events.append(("purchase", {"order_id": uuid.uuid4().hex[:10], "value": value}))
+                order = {"order_id": uuid.uuid4().hex[:10], "value": value}
+                # The address a buyer gives at checkout, which email campaigns mail.
+                events.append(("purchase", {**order, "email": f"golfer{number}@example.com"}))
             for offset, (kind, fields) in enumerate(events):
                 moment = at + timedelta(minutes=offset * 2)
                 batch.append(_record(client.pk, visitor_id, session_id, kind, moment, fields))

@@ -65,6 +65,8 @@ cat <<TEXT
   Browse, add a product to the cart and buy it: within a minute the consolidation job
   (every 30 s here) loads your events, the tables are rebuilt, and a reload of the shop
   shows you the returning buyers' banner.
+  Email: Campaigns > Email campaigns > "Driver week for buyers" > Send now. The messages are
+  written to $COREMETRICS_DATA_DIR/mail/ (EMAIL_URL names a real server; docs/email.md).
   Logs: $COREMETRICS_DATA_DIR/log/   Stop: Ctrl-C
 
 TEXT

@@ -5,6 +5,7 @@ consolidation, the table rebuild it triggers and the file-backed table store mus
 them the buyers' banner, all without PostgreSQL or Redis.
 """
 
+import email
 import json
 import re
 import sys
@@ -12,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 BASE = sys.argv[1]
 DEFAULT = "Banner: spring season (default)"
@@ -86,6 +88,38 @@ def main() -> None:
     check(status == 200, "the console login page answers")
 
 
+def mail(directory: str) -> None:
+    """The demo campaign's messages, as the file backend wrote them: each has its tracking
+    addresses, the pixel answers an image and a link goes to the shop."""
+    files = sorted(Path(directory).glob("*.log"))
+    check(bool(files), f"the email campaign wrote messages to {directory}")
+    message = email.message_from_bytes(files[0].read_bytes().split(b"\n" + b"-" * 79)[0])
+    check(message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click", "one-click unsubscribe")
+    html = next(part for part in message.walk() if part.get_content_type() == "text/html")
+    body = html.get_payload(decode=True).decode()
+    pixel = re.search(r'<img src="http://[^/]+(/e/o/[^"]+)"', body)
+    status, image = request(pixel.group(1)) if pixel else (0, b"")
+    check(status == 200 and image.startswith(b"GIF89a"), "the open pixel answers an image")
+    link = re.search(r'href="http://[^/]+(/e/c/[^"]+)"', body)
+    check(link is not None, "the shop link goes through the tracked redirect")
+    target = urllib.request.Request(BASE + link.group(1).replace("&amp;", "&"))
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        opener.open(target, timeout=10)
+        check(False, "the tracked link redirects")
+    except urllib.error.HTTPError as redirect:
+        check(
+            redirect.code == 302
+            and "/demo/shop/product/driver-x1/?cm_em=" in redirect.headers["Location"],
+            "the tracked link redirects to the shop with the message's token",
+        )
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
 def _status(path: str) -> int:
     try:
         return request(path)[0]
@@ -102,4 +136,7 @@ def _banner(query: str) -> tuple[str, str] | None:
 
 
 if __name__ == "__main__":
-    main()
+    if "--mail" in sys.argv:
+        mail(sys.argv[sys.argv.index("--mail") + 1])
+    else:
+        main()

@@ -33,3 +33,11 @@ finish() {
 trap finish EXIT
 
 "$ROOT/.venv/bin/python" scripts/smoke.py "http://$HOST:$PORT"
+
+# The demo's email campaign, sent in the foreground through the embedded default's file
+# backend; smoke.py then follows the tracking addresses of a message it finds there.
+export PUBLIC_BASE_URL="http://$HOST:$PORT" DEBUG=1  # as run.sh runs the stack
+campaign=$("$ROOT/.venv/bin/python" manage.py shell -v 0 -c \
+    'from campaigns.models import EmailCampaign as E; print(E.objects.get(name="Driver week for buyers").pk)')
+"$ROOT/.venv/bin/python" manage.py send_email_campaign --campaign "$campaign"
+"$ROOT/.venv/bin/python" scripts/smoke.py "http://$HOST:$PORT" --mail "$COREMETRICS_DATA_DIR/mail"

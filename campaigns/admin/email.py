@@ -9,6 +9,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.validators import validate_email
+from django.db.models import Max
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -122,10 +123,16 @@ class EmailCampaignAdmin(TenantAdmin):
             return f"once, {timezone.localtime(task.clocked.clocked_time):%Y-%m-%d %H:%M}"
         return str(task.crontab)
 
-    @admin.display(description="Last mailing")
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request).select_related("schedule__clocked")
+        return queryset.select_related("schedule__crontab").annotate(
+            last_occurrence=Max("mailings__occurrence")
+        )
+
+    @admin.display(description="Last mailing", ordering="last_occurrence")
     def last_sent(self, campaign: EmailCampaign) -> str:
-        mailing = campaign.mailings.first()
-        return "-" if mailing is None else f"{mailing.occurrence:%Y-%m-%d %H:%M}"
+        last = getattr(campaign, "last_occurrence", None)
+        return "-" if last is None else f"{timezone.localtime(last):%Y-%m-%d %H:%M}"
 
     def _campaign(self, request, campaign_id: int, *, change: bool) -> EmailCampaign:
         campaign = self.get_object(request, str(campaign_id))

@@ -124,3 +124,11 @@ def test_a_marketer_sends_an_email_and_sees_what_people_did(
     expect(page.locator("#clicked")).to_contain_text("1 (100.0%)")
     expect(page.locator("#attributed")).to_contain_text("1 purchase worth $349.00")
     screenshot("email-4-results")
+
+    # And Ann leaves: the visible link asks, the button unsubscribes her.
+    reader.goto(received["List-Unsubscribe"].strip()[1:-1])
+    reader.click("#unsubscribe")
+    expect(reader.locator("#done")).to_have_text("ann@example.com will not get these emails again.")
+    reader.screenshot(path=os.path.join(SCREENSHOTS, "email-5-unsubscribed.png"), full_page=True)
+    page.reload()
+    expect(page.locator("#unsubscribed")).to_have_text("1 (100.0%)")
