@@ -15,6 +15,12 @@ router.register("contents", campaigns_api.ContentViewSet, basename="content")
 router.register("campaigns", campaigns_api.CampaignViewSet, basename="campaign")
 router.register("attachments", campaigns_api.AttachmentViewSet, basename="attachment")
 router.register("experiments", campaigns_api.ExperimentViewSet, basename="experiment")
+router.register("email-campaigns", campaigns_api.EmailCampaignViewSet, basename="email-campaign")
+router.register("email-mailings", campaigns_api.EmailMailingViewSet, basename="email-mailing")
+router.register("email-messages", campaigns_api.EmailMessageViewSet, basename="email-message")
+router.register(
+    "email-suppressions", campaigns_api.EmailSuppressionViewSet, basename="email-suppression"
+)
 router.register("segments", segmentation_api.SegmentViewSet, basename="segment")
 router.register("table-versions", segmentation_api.TableVersionViewSet, basename="table-version")
 router.register("profiles", aggregation_api.ProfileViewSet, basename="profile")

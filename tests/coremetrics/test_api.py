@@ -11,7 +11,18 @@ from rest_framework.test import APIClient
 
 from aggregation.models import ImportJob, ImportMapping, Profile
 from aggregation.spool import spool_seal_open
-from campaigns.models import Attachment, Campaign, Content, Experiment, Placement
+from campaigns.models import (
+    Attachment,
+    Campaign,
+    Content,
+    EmailCampaign,
+    EmailMailing,
+    EmailMessage,
+    EmailSuppression,
+    Experiment,
+    Placement,
+)
+from campaigns.services.email import mailing_start, suppression_add
 from coremetrics.models import Membership
 from coremetrics.tokens import api_token_create
 from delivery.identity import visitor_id_issue
@@ -21,6 +32,7 @@ from tests.factories import (
     AttachmentFactory,
     CampaignFactory,
     ContentFactory,
+    EmailCampaignFactory,
     ExperimentFactory,
     ImportMappingFactory,
     MembershipFactory,
@@ -223,9 +235,12 @@ def _objects(client):
     attachment = AttachmentFactory(campaign__client=client)
     experiment = ExperimentFactory(attachment=attachment)
     version = table_build(campaign_id=attachment.campaign_id)
-    profile = ProfileFactory(client=client)
+    profile = ProfileFactory(client=client, email=f"{client.slug}@example.com", purchases=1)
     mapping = ImportMappingFactory(client=client)
     job = ImportJob.objects.create(client=client, mapping=mapping, file_name="x.csv", path="/x")
+    email = EmailCampaignFactory(client=client, segments=[attachment.segment])
+    mailing = mailing_start(campaign=email)
+    suppression = suppression_add(client_id=client.pk, email="gone@example.com", reason="manual")
     return {
         "placements": attachment.campaign.placement_id,
         "contents": attachment.content_id,
@@ -237,6 +252,10 @@ def _objects(client):
         "profiles": profile.visitor_id,
         "import-mappings": mapping.pk,
         "imports": job.pk,
+        "email-campaigns": email.pk,
+        "email-mailings": mailing.pk,
+        "email-messages": mailing.messages.get().pk,
+        "email-suppressions": suppression.pk,
     }
 
 
@@ -244,11 +263,13 @@ MODELS = {
     "placements": Placement, "contents": Content, "campaigns": Campaign,
     "attachments": Attachment, "experiments": Experiment, "segments": Segment,
     "table-versions": TableVersion, "profiles": Profile, "import-mappings": ImportMapping,
-    "imports": ImportJob,
+    "imports": ImportJob, "email-campaigns": EmailCampaign, "email-mailings": EmailMailing,
+    "email-messages": EmailMessage, "email-suppressions": EmailSuppression,
 }  # fmt: skip
 ENDPOINTS = [
     "placements", "contents", "campaigns", "attachments", "experiments", "segments",
-    "table-versions", "profiles", "import-mappings", "imports",
+    "table-versions", "profiles", "import-mappings", "imports", "email-campaigns",
+    "email-mailings", "email-messages", "email-suppressions",
 ]  # fmt: skip
 
 
@@ -294,7 +315,10 @@ def test_another_clients_rows_are_404_and_never_listed(
     assert MODELS[endpoint].objects.filter(client=client_b).count() == before
 
 
-READ_ONLY_ENDPOINTS = {"table-versions", "profiles", "import-mappings", "imports"}
+READ_ONLY_ENDPOINTS = {
+    "table-versions", "profiles", "import-mappings", "imports", "email-mailings", "email-messages",
+}  # fmt: skip
+NO_CHANGE = {("experiments", "delete"), ("email-suppressions", "patch")}
 
 
 def _refusal(endpoint, who, method):
@@ -302,7 +326,7 @@ def _refusal(endpoint, who, method):
     the method (405), then the row, which is not found (404)."""
     if who == "read token" or (endpoint == "imports" and who == "marketer"):
         return 403
-    if endpoint in READ_ONLY_ENDPOINTS or (endpoint == "experiments" and method == "delete"):
+    if endpoint in READ_ONLY_ENDPOINTS or (endpoint, method) in NO_CHANGE:
         return 405
     return 404
 
