@@ -14,7 +14,9 @@ from campaigns.services.email import (
 def send_email_campaign(campaign_id: int) -> dict:
     """The beat schedule's entry for a campaign: start its mailing for this minute (a second
     firing in the same minute finds the same mailing) and queue its sending."""
-    campaign = EmailCampaign.objects.get(pk=campaign_id)
+    campaign = EmailCampaign.objects.filter(pk=campaign_id).first()
+    if campaign is None:  # deleted since its entry was read
+        return {"campaign": campaign_id, "skipped": "no such campaign"}
     try:
         mailing = email_campaign_send(campaign=campaign)
     except EmailError as error:

@@ -6,6 +6,7 @@ from rest_framework.routers import DefaultRouter
 
 from aggregation import api as aggregation_api
 from campaigns import api as campaigns_api
+from campaigns.api import email as email_api
 from coremetrics import demo_shop
 from segmentation import api as segmentation_api
 
@@ -15,11 +16,11 @@ router.register("contents", campaigns_api.ContentViewSet, basename="content")
 router.register("campaigns", campaigns_api.CampaignViewSet, basename="campaign")
 router.register("attachments", campaigns_api.AttachmentViewSet, basename="attachment")
 router.register("experiments", campaigns_api.ExperimentViewSet, basename="experiment")
-router.register("email-campaigns", campaigns_api.EmailCampaignViewSet, basename="email-campaign")
-router.register("email-mailings", campaigns_api.EmailMailingViewSet, basename="email-mailing")
-router.register("email-messages", campaigns_api.EmailMessageViewSet, basename="email-message")
+router.register("email-campaigns", email_api.EmailCampaignViewSet, basename="email-campaign")
+router.register("email-mailings", email_api.EmailMailingViewSet, basename="email-mailing")
+router.register("email-messages", email_api.EmailMessageViewSet, basename="email-message")
 router.register(
-    "email-suppressions", campaigns_api.EmailSuppressionViewSet, basename="email-suppression"
+    "email-suppressions", email_api.EmailSuppressionViewSet, basename="email-suppression"
 )
 router.register("segments", segmentation_api.SegmentViewSet, basename="segment")
 router.register("table-versions", segmentation_api.TableVersionViewSet, basename="table-version")

@@ -24,7 +24,9 @@ from campaigns.models import (
 )
 from campaigns.selectors import email_campaign_results
 from campaigns.services.email import (
+    TEST_ADDRESSES_MAX,
     EmailError,
+    email_campaign_delete,
     email_campaign_schedule,
     email_campaign_send,
     email_campaign_unschedule,
@@ -40,13 +42,10 @@ def _lift_text(comparison) -> str:
     return f"{comparison.lift:+.1%} ({comparison.lift_low:+.1%} to {comparison.lift_high:+.1%})"
 
 
-MAX_TEST_ADDRESSES = 10
-
-
 class TestSendForm(forms.Form):
     addresses = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        help_text=f"Up to {MAX_TEST_ADDRESSES} addresses, one a line or separated by commas.",
+        help_text=f"Up to {TEST_ADDRESSES_MAX} addresses, one a line or separated by commas.",
     )
 
     def clean_addresses(self) -> list[str]:
@@ -55,8 +54,8 @@ class TestSendForm(forms.Form):
             for part in self.cleaned_data["addresses"].replace(",", "\n").splitlines()
             if part.strip()
         ]
-        if not 0 < len(addresses) <= MAX_TEST_ADDRESSES:
-            raise forms.ValidationError(f"Give 1 to {MAX_TEST_ADDRESSES} addresses.")
+        if not 0 < len(addresses) <= TEST_ADDRESSES_MAX:
+            raise forms.ValidationError(f"Give 1 to {TEST_ADDRESSES_MAX} addresses.")
         for address in addresses:
             validate_email(address)
         return addresses
@@ -113,6 +112,13 @@ class EmailCampaignAdmin(TenantAdmin):
             ),
             *super().get_urls(),
         ]
+
+    def delete_model(self, request, obj):
+        email_campaign_delete(campaign=obj)
+
+    def delete_queryset(self, request, queryset):
+        for campaign in queryset:
+            email_campaign_delete(campaign=campaign)
 
     @admin.display(description="Schedule")
     def schedule_text(self, campaign: EmailCampaign) -> str:

@@ -1,7 +1,9 @@
 import secrets
+from email.utils import parseaddr
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.mail.message import sanitize_address
+from django.core.validators import MaxValueValidator, MinValueValidator, validate_email
 from django.db import models
 from django.db.models.functions import Lower
 
@@ -11,6 +13,18 @@ from coremetrics.models import Client
 
 def _salt() -> str:
     return secrets.token_hex(8)
+
+
+def sender_validate(value: str) -> None:
+    # A sender the mail library refuses would fail every message of every mailing.
+    try:
+        sanitize_address(value, "utf-8")
+        validate_email(parseaddr(value)[1])
+        is_valid = "\n" not in value and "\r" not in value
+    except (ValueError, ValidationError):
+        is_valid = False
+    if not is_valid:
+        raise ValidationError("An address, or a name with the address in angle brackets.")
 
 
 def text_template_validate(value: str) -> None:
@@ -49,6 +63,7 @@ class EmailCampaign(models.Model):
     )
     from_email = models.CharField(
         max_length=254,
+        validators=[sender_validate],
         help_text="The sender: an address, or a name with the address in angle brackets.",
     )
     reply_to = models.EmailField(max_length=254, blank=True)

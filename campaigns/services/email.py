@@ -12,6 +12,7 @@ one message in flight exactly once.
 
 from __future__ import annotations
 
+import copy
 import logging
 import smtplib
 import time
@@ -287,7 +288,7 @@ def _finish(message: EmailMessage, status: str, **fields) -> None:
 
 def _context(profile) -> dict:
     if profile is None:  # a test send to an address without a profile: show a sample one
-        return {**SAMPLE, "attributes": dict(SAMPLE["attributes"])}
+        return copy.deepcopy(SAMPLE)
     categories: dict[str, int] = profile.categories or {}
     return {
         "email": profile.email,
@@ -348,9 +349,16 @@ def message_build(
     return email
 
 
+# A test send goes to a few people, never to a list.
+TEST_ADDRESSES_MAX = 10
+
+
 def email_test_send(*, campaign: EmailCampaign, addresses: list[str]) -> int:
     """Send the campaign to these addresses as a test ("[Test]" subject, the profile of the
-    address when the client has one, else a sample; links not tracked). Returns how many."""
+    address when the client has one, else a sample; links not tracked). Returns how many;
+    raises EmailError for more than TEST_ADDRESSES_MAX addresses."""
+    if not 0 < len(addresses) <= TEST_ADDRESSES_MAX:
+        raise EmailError(f"a test goes to 1 to {TEST_ADDRESSES_MAX} addresses")
     messages = []
     for address in addresses:
         profile = profile_by_email(client_id=campaign.client_id, email=address)
@@ -536,6 +544,13 @@ def email_campaign_schedule(
 def email_campaign_unschedule(*, campaign: EmailCampaign) -> None:
     if campaign.schedule is not None:
         campaign.schedule.delete()
+
+
+@transaction.atomic
+def email_campaign_delete(*, campaign: EmailCampaign) -> None:
+    """Delete a campaign with its mailings and its entry in the beat schedule."""
+    email_campaign_unschedule(campaign=campaign)
+    campaign.delete()
 
 
 def mailing_status_counts(*, mailing: EmailMailing) -> dict[str, int]:

@@ -114,7 +114,7 @@ def test_template_errors_are_field_errors_with_their_line_and_nothing_is_saved(a
     assert answer.json() == {
         "html_body": [f"line 2: unknown field 'password' (the fields are: {TEMPLATE_FIELDS})"],
         "subject": ["line 1: unexpected end of template, expected 'end of print statement'."],
-        "from_email": ["an address, or a name with the address in angle brackets"],
+        "from_email": ["An address, or a name with the address in angle brackets."],
     }
     assert EmailCampaign.objects.count() == 0
 

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import redis
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
@@ -16,6 +17,7 @@ from campaigns.models import EmailMailing, EmailMessage, EmailSuppression
 from campaigns.services.email import (
     EmailError,
     SendDeferred,
+    email_campaign_delete,
     email_campaign_schedule,
     email_test_send,
     mailing_send,
@@ -264,3 +266,38 @@ def test_a_schedule_is_a_beat_entry_and_a_double_firing_sends_once(
     send_mailing.apply(args=(first["mailing"],)).get()
     send_mailing.apply(args=(first["mailing"],)).get()
     assert smtp_server.recipients == ["ann@example.com"]
+
+
+def test_deleting_a_scheduled_campaign_takes_it_out_of_the_beat_schedule(campaign):
+    email_campaign_schedule(
+        campaign=campaign, at=timezone.now() + timedelta(hours=1), repeat="daily"
+    )
+
+    email_campaign_delete(campaign=campaign)
+
+    assert PeriodicTask.objects.filter(task="campaigns.send_email_campaign").count() == 0
+    # An entry read just before the deletion finds nothing to send.
+    assert send_email_campaign.apply(args=(campaign.pk,)).get() == {
+        "campaign": campaign.pk, "skipped": "no such campaign",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "sender", ["news@", "Shop <not an address>", "a@b.example\nBcc: x@y.example", "plain text"]
+)
+def test_a_sender_the_mail_library_refuses_is_refused_at_save(client_a, sender):
+    campaign = EmailCampaignFactory.build(client=client_a, from_email=sender)
+
+    with pytest.raises(ValidationError) as refused:
+        campaign.full_clean()
+
+    assert refused.value.message_dict["from_email"] == [
+        "An address, or a name with the address in angle brackets."
+    ]
+
+
+def test_a_test_send_goes_to_a_few_addresses_only(campaign, smtp_server):
+    with pytest.raises(EmailError, match="a test goes to 1 to 10 addresses"):
+        email_test_send(campaign=campaign, addresses=[f"a{n}@example.com" for n in range(11)])
+
+    assert smtp_server.messages == []

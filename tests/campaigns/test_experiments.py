@@ -177,6 +177,50 @@ def test_results_count_what_each_group_did_after_seeing_the_campaign(golf):
     assert later["suggested_winner"] == "twenty-off"
 
 
+def test_the_api_gives_the_results_with_their_comparisons_as_numbers(golf):
+    from rest_framework.test import APIClient
+
+    from coremetrics.models import Membership
+    from tests.factories import MembershipFactory
+
+    campaign = golf.attachment.campaign
+    visitors = _repeat_visitors(campaign.client, 200)
+    experiment_start(experiment=golf)
+    table_build(campaign_id=campaign.pk)
+    shown_at = datetime(2026, 10, 5, 12, tzinfo=UTC)
+    client = campaign.client
+    Event.objects.bulk_create(
+        [_event(client, v, "delivery", shown_at, campaign_key="discounts") for v in visitors]
+        + [
+            _event(client, v, "purchase", shown_at + timedelta(hours=1), order_id=v,
+                   value=Decimal("50.00"))
+            for v in visitors[::3]
+        ]
+    )  # fmt: skip
+    api = APIClient()
+    api.force_authenticate(
+        MembershipFactory(client=campaign.client, role=Membership.Role.VIEWER).user
+    )
+
+    response = api.get(
+        f"/api/v1/experiments/{golf.pk}/results", {"first": "2026-10-01", "last": "2026-10-31"}
+    )
+
+    assert response.status_code == 200, response.content
+    expected = experiment_results(experiment=golf, first=date(2026, 10, 1), last=date(2026, 10, 31))
+    rows = {row["key"]: row for row in response.json()["groups"]}
+    assert any(row["conversion"] is not None for row in expected["groups"])
+    for row in expected["groups"]:
+        comparison = row["conversion"]
+        given = rows[row["key"]]["conversion"]
+        if comparison is None:
+            assert given is None
+        else:
+            assert given["p_value"] == pytest.approx(comparison.p_value)
+            assert given["is_significant"] == comparison.is_significant
+        assert rows[row["key"]]["revenue"] == float(row["revenue"])
+
+
 def test_ending_with_a_winner_gives_its_content_to_the_whole_segment(golf):
     campaign = golf.attachment.campaign
     visitors = _repeat_visitors(campaign.client, 50)
