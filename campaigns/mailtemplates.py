@@ -15,7 +15,7 @@ from decimal import Decimal
 from functools import lru_cache
 
 from jinja2 import Template, TemplateError, TemplateSyntaxError, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 # What a template may name, with what it holds (docs/email.md).
 FIELDS = {
@@ -47,8 +47,34 @@ SAMPLE = {
     "unsubscribe_url": "https://example.com/e/u/sample",
 }
 TEMPLATE_NAME = "<email template>"
+# Jinja's own names inside a template: a loop's counters.
+TEMPLATE_NAMES = {"loop"}
+# A template is saved by a marketer and rendered by a web worker: no arithmetic that could
+# take the process's time or memory (9**9**9, "x" * 10**10).
+MAX_EXPONENT = 64
+MAX_REPEAT_LENGTH = 100_000
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    # Intercepted operators are also never computed ahead at compile time.
+    intercepted_binops = frozenset({"**", "*"})
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"an exponent above {MAX_EXPONENT}")
+        if operator == "*":
+            for sequence, count in ((left, right), (right, left)):
+                if (
+                    isinstance(sequence, (str, list, tuple))
+                    and isinstance(count, int)
+                    and len(sequence) * count > MAX_REPEAT_LENGTH
+                ):
+                    raise SecurityError(f"a repetition longer than {MAX_REPEAT_LENGTH}")
+        return super().call_binop(context, operator, left, right)
+
+
 _ENVIRONMENTS = {
-    is_html: ImmutableSandboxedEnvironment(autoescape=is_html, keep_trailing_newline=True)
+    is_html: _Environment(autoescape=is_html, keep_trailing_newline=True)
     for is_html in (True, False)
 }
 _INCLUDES = (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)
@@ -73,7 +99,10 @@ def template_check(source: str, *, is_html: bool) -> list[str]:
     problems += [
         f"line {node.lineno}: unknown field {node.name!r} (the fields are: {', '.join(FIELDS)})"
         for node in tree.find_all(nodes.Name)
-        if node.ctx == "load" and node.name not in FIELDS and node.name not in defined
+        if node.ctx == "load"
+        and node.name not in FIELDS
+        and node.name not in defined
+        and node.name not in TEMPLATE_NAMES
     ]
     problems += [
         f"line {node.lineno}: {node.attr!r} is not a field (names starting with _ are refused)"

@@ -1,9 +1,9 @@
 """Tracking in email (C2, B3): signed addresses for the open pixel, the links and unsubscribe,
 and the rules that tell a person's opens and clicks from a machine's. No ORM.
 
-A message's token names its client, its id and its recipient's visitor id, signed with the
-server's secret (django.core.signing, salted): the pixel and the redirect record from it
-without asking the database. A link is `/e/c/<token>?u=<address>&h=<signature>`, the
+A message's token names its client and its id, signed with the server's secret
+(django.core.signing, salted): the pixel and the redirect record from it without asking the
+database. A link is `/e/c/<token>?u=<address>&h=<signature>`, the
 signature covering the token and the address, so the redirect only ever goes to an address
 that was in the message. The landing address gets `cm_em=<token>`: the tag's page view
 carries it back, and consolidation joins that browser's visitor to the recipient (B5).
@@ -37,19 +37,20 @@ class TrackingError(ValueError):
 class MessageRef:
     client_id: int
     message_id: int
-    visitor_id: str
 
 
 def message_token(ref: MessageRef) -> str:
-    return signing.Signer(salt=SALT).sign(f"{ref.client_id}.{ref.message_id}.{ref.visitor_id}")
+    # The recipient's visitor id stays out: links are forwarded and landing addresses land in
+    # analytics tools, and a visitor id is the key to that visitor's profile.
+    return signing.Signer(salt=SALT).sign(f"{ref.client_id}.{ref.message_id}")
 
 
 def message_token_read(token: str) -> MessageRef:
     """The message a token names; raises TrackingError when it was not made here."""
     try:
         value = signing.Signer(salt=SALT).unsign(token)
-        client_id, message_id, visitor_id = value.split(".", 2)
-        return MessageRef(int(client_id), int(message_id), visitor_id)
+        client_id, message_id = value.split(".")
+        return MessageRef(int(client_id), int(message_id))
     except (signing.BadSignature, ValueError):
         raise TrackingError("this is not an email link of this server") from None
 
@@ -202,14 +203,14 @@ def activities_classify(
       Privacy Protection's bare "Mozilla/5.0";
     - an address in `machine_networks` (mail providers' and security vendors' fetchers);
     - within `soon_seconds` of the sending (a person has not read it yet);
-    - a click within `burst_seconds` of the message's previous click on another link (a
-      scanner follows every link at once)."""
+    - a click within `burst_seconds` of a click on another link of the message, before or
+      after it (a scanner follows every link at once)."""
     networks = _networks(tuple(machine_networks))
     ordered = sorted(activities, key=lambda activity: activity.at)
     decoys = [activity.at for activity in ordered if activity.is_decoy]
+    clicks = [activity for activity in ordered if activity.kind == "click"]
     burst = timedelta(seconds=burst_seconds)
     reasons = []
-    previous_click: Activity | None = None
     for activity in ordered:
         agent = activity.user_agent.strip().lower()
         reason = ""
@@ -232,12 +233,11 @@ def activities_classify(
         if (
             not reason
             and activity.kind == "click"
-            and previous_click is not None
-            and previous_click.url != activity.url
-            and activity.at - previous_click.at <= burst
+            and any(
+                other.url != activity.url and abs(other.at - activity.at) <= burst
+                for other in clicks
+            )
         ):
             reason = "burst of clicks"
-        if activity.kind == "click":
-            previous_click = activity
         reasons.append(reason)
     return list(zip(ordered, reasons, strict=True))

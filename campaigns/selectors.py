@@ -307,20 +307,20 @@ def _email_totals(pks, statuses, rows, opened, clicked, attributed) -> dict:
 
 
 def _email_holdout(rows, canonical: dict[str, str], purchases, window: timedelta) -> dict:
-    """Recipients mailed against recipients held out: who bought within the window after
-    their mailing started, and how much (the lift of being mailed, B4)."""
+    """Everyone chosen to be mailed (subject a or b, whatever became of their message: intention
+    to treat, so that bounces cannot flatter the mailed side) against everyone held out, one
+    sample per person over the mailings: did they buy within the window after any of their
+    mailings, and how much (each purchase once). The lift of being mailed (B4)."""
+    people: dict[str, tuple[str, list[datetime]]] = {}
+    for _, visitor_id, group, _, _, _, started_at in rows.values():
+        side = HOLDOUT if group == HOLDOUT else "mailed"
+        people.setdefault(canonical[visitor_id], (side, []))[1].append(started_at)
     outcomes: dict[str, list[tuple[bool, float]]] = {"mailed": [], HOLDOUT: []}
-    for _, visitor_id, group, status, _, _, started_at in rows.values():
-        if group == HOLDOUT:
-            side = HOLDOUT
-        elif status == EmailMessage.Status.SENT:
-            side = "mailed"
-        else:
-            continue  # not delivered: it cannot have worked
+    for person, (side, starts) in people.items():
         values = [
             value
-            for at, value in purchases.get(canonical[visitor_id], [])
-            if started_at <= at <= started_at + window
+            for at, value in purchases.get(person, [])
+            if any(start <= at <= start + window for start in starts)
         ]
         outcomes[side].append((bool(values), float(sum(values, Decimal(0)))))
     mailed, held = (

@@ -30,7 +30,8 @@ def _record(request: HttpRequest, kind: str, ref, *, url: str = "", is_decoy: bo
         email_activity_spool(
             client_id=ref.client_id,
             kind=kind,
-            visitor_id=ref.visitor_id,
+            # Email activity is keyed by its message; a record still names a visitor.
+            visitor_id=f"message-{ref.message_id}",
             message_id=ref.message_id,
             user_agent=request.headers.get("User-Agent", ""),
             ip=ip_truncate(client_address(request.META)),
@@ -65,7 +66,11 @@ def email_click(request: HttpRequest, token: str) -> HttpResponse:
     _record(request, "email_click", ref, url=url, is_decoy=is_decoy)
     if is_decoy:
         return HttpResponse(status=204)
-    response = HttpResponseRedirect(landing_url(url, token))
+    try:
+        landing = landing_url(url, token)
+    except ValueError:  # an address of the message that is no address ("http://[oops")
+        return HttpResponse("this link is broken\n", status=400, content_type="text/plain")
+    response = HttpResponseRedirect(landing)
     response["Cache-Control"] = "no-store"
     return response
 

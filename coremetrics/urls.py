@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
@@ -43,9 +44,12 @@ urlpatterns = [
     path("", include("aggregation.urls")),
     path("", include("segmentation.urls")),
     path("", include("campaigns.urls")),
-    # Sending providers' delivery reports (bounces, complaints): docs/email.md.
-    path("anymail/", include("anymail.urls")),
     path("api/v1/", include((api_urlpatterns, "api"))),
     path("demo/", include(demo_shop.urlpatterns)),
     path("admin/", admin.site.urls),
 ]
+
+# Sending providers' delivery reports (bounces, complaints; docs/email.md): only with a webhook
+# secret, so that nobody can report a bounce for an address they do not own.
+if settings.ANYMAIL.get("WEBHOOK_SECRET"):
+    urlpatterns.append(path("anymail/", include("anymail.urls")))

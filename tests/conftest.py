@@ -95,16 +95,26 @@ class Inbox:
         self.port = port
         self.messages: list = []
         self.envelopes: list[list[str]] = []
-        self.refused: set[str] = set()
+        self.refused: set[str] = set()  # answered 550 at RCPT
+        self.deferred: set[str] = set()  # answered 450 at RCPT (greylisting)
+        self.is_sender_refused = False  # 550 at MAIL FROM
         self.on_message = None  # called with each message, before the server answers
 
     @property
     def recipients(self) -> list[str]:
         return [recipient for envelope in self.envelopes for recipient in envelope]
 
+    async def handle_MAIL(self, server, session, envelope, address, options):
+        if self.is_sender_refused:
+            return "550 5.7.1 sender not allowed"
+        envelope.mail_from = address
+        return "250 OK"
+
     async def handle_RCPT(self, server, session, envelope, address, options):
         if address.lower() in self.refused:
             return "550 5.1.1 no such mailbox"
+        if address.lower() in self.deferred:
+            return "450 4.2.0 greylisted, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import smtplib
 
+from anymail.exceptions import AnymailError
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -33,7 +34,7 @@ from campaigns.services.email import (
     email_test_send,
     recipients_matching,
 )
-from coremetrics.tenancy import ReadOnlyTenantAdmin, TenantAdmin
+from coremetrics.tenancy import ReadOnlyTenantAdmin, TenantAdmin, TenantForm
 
 
 def _lift_text(comparison) -> str:
@@ -172,7 +173,9 @@ class EmailCampaignAdmin(TenantAdmin):
         if request.method == "POST" and form.is_valid():
             try:
                 sent = email_test_send(campaign=campaign, addresses=form.cleaned_data["addresses"])
-            except (OSError, smtplib.SMTPException) as error:
+            except EmailError as error:
+                self.message_user(request, f"{error}.", messages.ERROR)
+            except (OSError, smtplib.SMTPException, AnymailError) as error:
                 self.message_user(request, f"Not sent: {error}", messages.ERROR)
             else:
                 self.message_user(request, f"{sent} test message(s) sent.")
@@ -285,15 +288,18 @@ class EmailActivityAdmin(ReadOnlyTenantAdmin):
     list_select_related = ["message"]
 
 
+class SuppressionForm(TenantForm):
+    def clean_email(self) -> str:
+        # Stored lower-cased: the unique check must see the address as it will be stored.
+        return self.cleaned_data["email"].lower()
+
+
 @admin.register(EmailSuppression)
 class EmailSuppressionAdmin(TenantAdmin):
     """Addresses the client never mails: unsubscribed, bounced, complained, or added by hand."""
 
+    form = SuppressionForm
     list_display = ["email", "reason", "created_at", "client"]
     list_filter = ["reason"]
     search_fields = ["email"]
     exclude = ["message"]
-
-    def save_model(self, request, obj, form, change):
-        obj.email = obj.email.lower()
-        super().save_model(request, obj, form, change)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import smtplib
 from datetime import datetime
 
+from anymail.exceptions import AnymailError
 from django.db import models
 from drf_spectacular.utils import (
     OpenApiResponse,
     extend_schema,
     inline_serializer,
 )
-from jinja2 import TemplateError
 from rest_framework import exceptions, filters, serializers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -202,14 +202,14 @@ class EmailCampaignViewSet(TenantViewSet):
         body.is_valid(raise_exception=True)
         try:
             sent = email_test_send(campaign=campaign, addresses=body.validated_data["addresses"])
-        except (OSError, smtplib.SMTPException) as error:
+        except EmailError as error:
+            # The templates render for the sample recipient, not necessarily for every profile.
+            raise exceptions.ValidationError({"detail": str(error)}) from None
+        except (OSError, smtplib.SMTPException, AnymailError) as error:
             return Response(
                 {"detail": f"the mail server did not take the messages ({error}); retry later"},
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
-        except (TemplateError, ArithmeticError, TypeError, ValueError) as error:
-            # The templates render for the sample recipient, not necessarily for every profile.
-            raise exceptions.ValidationError({"detail": f"not sent: {error}"}) from None
         return Response({"sent": sent})
 
     @extend_schema(request=ScheduleRequest, responses={200: EmailCampaignSerializer})

@@ -168,6 +168,7 @@ class EmailMessage(models.Model):
         BOUNCED = "bounced", "Bounced"
         FAILED = "failed", "Failed"
         INTERRUPTED = "interrupted", "Interrupted (not sent again: it may have arrived)"
+        SUPPRESSED = "suppressed", "Not sent: unsubscribed or bounced since it was chosen"
         HELD_OUT = "held_out", "Held out (not mailed)"
 
     client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="+")
@@ -191,7 +192,14 @@ class EmailMessage(models.Model):
             models.UniqueConstraint("mailing", Lower("email"), name="emailmessage_mailing_email")
         ]
         indexes = [
-            models.Index(fields=["mailing", "status"], name="emailmessage_mailing_status"),
+            # The sender's claim: the next waiting message of a mailing, in id order.
+            models.Index(fields=["mailing", "status", "id"], name="emailmessage_mailing_status"),
+            # Providers' delivery reports name their own message id.
+            models.Index(
+                fields=["provider_id"],
+                condition=~models.Q(provider_id=""),
+                name="emailmessage_provider_id",
+            ),
             models.Index(fields=["campaign", "visitor_id"], name="emailmessage_campaign_visitor"),
         ]
 

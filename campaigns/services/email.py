@@ -21,10 +21,18 @@ from datetime import datetime, timedelta
 from email.utils import make_msgid, parseaddr
 from functools import partial
 
+from anymail.exceptions import (
+    AnymailInvalidAddress,
+    AnymailRecipientsRefused,
+    AnymailRequestsAPIError,
+)
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail.message import sanitize_address
+from django.core.validators import validate_email
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Lower
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, PeriodicTask
@@ -50,6 +58,7 @@ from campaigns.models import (
     EmailMessage,
     EmailSuppression,
 )
+from segmentation.rules import RuleError
 from segmentation.services import rule_condition
 
 logger = logging.getLogger(__name__)
@@ -102,11 +111,17 @@ def _this_minute() -> datetime:
     return timezone.now().replace(second=0, microsecond=0)
 
 
-@transaction.atomic
 def mailing_start(*, campaign: EmailCampaign, occurrence: datetime | None = None) -> EmailMailing:
     """The mailing of a campaign due at `occurrence` (default: this minute), its recipients
     chosen and written once: asked again for the same occurrence, the same mailing. Raises
     EmailError."""
+    return _mailing_open(campaign=campaign, occurrence=occurrence)[0]
+
+
+@transaction.atomic
+def _mailing_open(
+    *, campaign: EmailCampaign, occurrence: datetime | None
+) -> tuple[EmailMailing, bool]:
     occurrence = occurrence or _this_minute()
     if campaign.status != EmailCampaign.Status.ACTIVE:
         raise EmailError("only an active campaign sends; this one is " + campaign.status)
@@ -116,17 +131,22 @@ def mailing_start(*, campaign: EmailCampaign, occurrence: datetime | None = None
         campaign=campaign, occurrence=occurrence, defaults={"client_id": campaign.client_id}
     )
     if not created:
-        return mailing
+        return mailing, False
     allocation = _groups(campaign)
     seen: set[str] = set()
     batch: list[EmailMessage] = []
-    profiles = recipients_matching(campaign=campaign).order_by("address", "-last_seen_at")
+    try:
+        profiles = recipients_matching(campaign=campaign).order_by("address", "-last_seen_at")
+    except RuleError as error:
+        raise EmailError(f"a segment's rule no longer holds: {error}") from None
     for visitor_id, address in profiles.values_list("visitor_id", "address").iterator(
         chunk_size=RECIPIENTS_CHUNK
     ):
         if address in seen:  # two profiles with one address: the one seen last is mailed
             continue
         seen.add(address)
+        if not _is_address(address):  # imports check less than a mail library does
+            continue
         group = group_of(allocation, campaign.salt, visitor_id)
         batch.append(
             EmailMessage(
@@ -145,9 +165,18 @@ def mailing_start(*, campaign: EmailCampaign, occurrence: datetime | None = None
             EmailMessage.objects.bulk_create(batch)
             batch = []
     EmailMessage.objects.bulk_create(batch)
-    mailing.recipients = len(seen)
+    mailing.recipients = mailing.messages.count()
     mailing.save(update_fields=["recipients"])
-    return mailing
+    return mailing, True
+
+
+def _is_address(address: str) -> bool:
+    try:
+        validate_email(address)
+        sanitize_address(address, "utf-8")
+    except (ValidationError, ValueError):
+        return False
+    return True
 
 
 def email_campaign_send(
@@ -157,8 +186,9 @@ def email_campaign_send(
     sending once committed; raises EmailError."""
     from campaigns.tasks import send_mailing
 
-    mailing = mailing_start(campaign=campaign, occurrence=occurrence)
-    transaction.on_commit(partial(send_mailing.delay, mailing.pk))
+    mailing, created = _mailing_open(campaign=campaign, occurrence=occurrence)
+    if created:  # asked twice in a minute: one sending, not two at twice the rate
+        transaction.on_commit(partial(send_mailing.delay, mailing.pk))
     return mailing
 
 
@@ -167,7 +197,9 @@ class BatchResult:
     sent: int = 0
     bounced: int = 0
     failed: int = 0
+    suppressed: int = 0
     remaining: int = 0
+    is_active: bool = True
 
 
 def mailing_send_batch(*, mailing_id: int, limit: int = BATCH_SIZE) -> BatchResult:
@@ -185,6 +217,11 @@ def mailing_send_batch(*, mailing_id: int, limit: int = BATCH_SIZE) -> BatchResu
             raise SendDeferred(f"the mail server is unreachable: {error}") from error
         try:
             for _ in range(limit):
+                # Paused (or the sender refused) mid-batch: stop between two messages.
+                if not EmailCampaign.objects.filter(
+                    pk=campaign.pk, status=EmailCampaign.Status.ACTIVE
+                ).exists():
+                    break
                 message = _claim(mailing)
                 if message is None:
                     break
@@ -192,6 +229,9 @@ def mailing_send_batch(*, mailing_id: int, limit: int = BATCH_SIZE) -> BatchResu
                 setattr(result, outcome, getattr(result, outcome) + 1)
         finally:
             connection.close()
+    result.is_active = EmailCampaign.objects.filter(
+        pk=campaign.pk, status=EmailCampaign.Status.ACTIVE
+    ).exists()
     result.remaining = mailing.messages.filter(status=EmailMessage.Status.PENDING).count()
     if (
         not result.remaining
@@ -204,21 +244,40 @@ def mailing_send_batch(*, mailing_id: int, limit: int = BATCH_SIZE) -> BatchResu
 
 
 def mailing_send(*, mailing_id: int, sleep=time.sleep) -> BatchResult:
-    """Mail a whole mailing in this process, batch after batch; a throttled campaign waits a
-    minute after each batch of its rate. Raises SendDeferred."""
+    """Mail a whole mailing in this process, batch after batch; a throttled campaign sends its
+    rate, then waits a minute. Stops when the campaign is no longer active. Raises
+    SendDeferred."""
     total = BatchResult()
     while True:
         rate = EmailCampaign.objects.get(mailings=mailing_id).rate_per_minute
-        result = mailing_send_batch(
-            mailing_id=mailing_id, limit=min(BATCH_SIZE, rate or BATCH_SIZE)
-        )
-        for name in ("sent", "bounced", "failed"):
+        result = mailing_send_batch(mailing_id=mailing_id, limit=rate or BATCH_SIZE)
+        for name in ("sent", "bounced", "failed", "suppressed"):
             setattr(total, name, getattr(total, name) + getattr(result, name))
-        total.remaining = result.remaining
-        if not result.remaining or not (result.sent or result.bounced or result.failed):
+        total.remaining, total.is_active = result.remaining, result.is_active
+        if not result.remaining or not result.is_active:
             return total
         if rate:
             sleep(60)
+
+
+def mailings_stalled() -> list[int]:
+    """Mailings of active campaigns with waiting messages and no claim for
+    EMAIL_CLAIM_SECONDS: their sending stopped and should go on."""
+    quiet_since = timezone.now() - timedelta(seconds=settings.EMAIL_CLAIM_SECONDS)
+    busy = EmailMessage.objects.filter(mailing=OuterRef("pk"), claimed_at__gte=quiet_since)
+    waiting = EmailMessage.objects.filter(
+        mailing=OuterRef("pk"), status=EmailMessage.Status.PENDING
+    )
+    return list(
+        EmailMailing.objects.filter(
+            status=EmailMailing.Status.SENDING,
+            campaign__status=EmailCampaign.Status.ACTIVE,
+            started_at__lt=quiet_since,
+        )
+        .filter(Exists(waiting))
+        .exclude(Exists(busy))
+        .values_list("pk", flat=True)
+    )
 
 
 def _interrupted_mark(mailing: EmailMailing) -> int:
@@ -237,22 +296,34 @@ def _claim(mailing: EmailMailing) -> EmailMessage | None:
         .order_by("id")
         .first()
     )
-    if message is not None:
-        message.status = EmailMessage.Status.SENDING
-        message.claimed_at = timezone.now()
-        message.save(update_fields=["status", "claimed_at"])
+    if message is None:
+        return None
+    # Unsubscribed or bounced since the recipients were chosen (a mailing can take hours).
+    if EmailSuppression.objects.filter(client_id=message.client_id, email=message.email).exists():
+        message.status = EmailMessage.Status.SUPPRESSED
+        message.save(update_fields=["status"])
+        return message
+    message.status = EmailMessage.Status.SENDING
+    message.claimed_at = timezone.now()
+    message.save(update_fields=["status", "claimed_at"])
     return message
 
 
 def _send(connection, message: EmailMessage, campaign: EmailCampaign) -> str:
+    if message.status == EmailMessage.Status.SUPPRESSED:
+        return "suppressed"
     try:
         email = message_build(message=message, campaign=campaign, connection=connection)
     except Exception as error:  # the template met a profile it cannot render
-        _finish(message, EmailMessage.Status.FAILED, error=f"template: {error}")
+        _finish(message, EmailMessage.Status.FAILED, error=f"template: {error}"[:500])
         return "failed"
     try:
         email.send()
     except smtplib.SMTPRecipientsRefused as error:
+        code = next(iter(error.recipients.values()), (550, b""))[0]
+        if 400 <= code < 500:  # greylisted, mailbox busy: not delivered, ask again later
+            _finish(message, EmailMessage.Status.PENDING, error=str(error.recipients)[:500])
+            raise SendDeferred(str(error)) from error
         _finish(message, EmailMessage.Status.BOUNCED, error=str(error.recipients)[:500])
         suppression_add(
             client_id=message.client_id,
@@ -261,15 +332,32 @@ def _send(connection, message: EmailMessage, campaign: EmailCampaign) -> str:
             message=message,
         )
         return "bounced"
-    except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as error:
+    except smtplib.SMTPSenderRefused as error:
+        # The sender itself is refused: every message would fail. Stop the campaign.
+        _finish(message, EmailMessage.Status.PENDING, error=str(error)[:500])
+        if error.smtp_code >= 500:
+            EmailCampaign.objects.filter(pk=campaign.pk).update(status=EmailCampaign.Status.PAUSED)
+            logger.error("campaign %s paused: its sender was refused: %s", campaign.pk, error)
+        raise SendDeferred(str(error)) from error
+    except smtplib.SMTPDataError as error:
         if 400 <= error.smtp_code < 500:  # refused for now, so certainly not delivered
             _finish(message, EmailMessage.Status.PENDING, error=str(error)[:500])
             raise SendDeferred(str(error)) from error
         _finish(message, EmailMessage.Status.FAILED, error=str(error)[:500])
         return "failed"
-    except (OSError, smtplib.SMTPException) as error:
-        # Cut off mid-conversation: the server may have taken it. Never sent again.
+    except (ValueError, AnymailInvalidAddress, AnymailRecipientsRefused) as error:
+        # Refused before anything reached the server: the address itself.
+        _finish(message, EmailMessage.Status.FAILED, error=str(error)[:500])
+        return "failed"
+    except AnymailRequestsAPIError as error:
+        # The provider answered with an error: it did not take the message.
+        _finish(message, EmailMessage.Status.PENDING, error=str(error)[:500])
+        raise SendDeferred(str(error)) from error
+    except Exception as error:
+        # Cut off mid-conversation (or anything else): the server may have taken it. Never
+        # sent again.
         _finish(message, EmailMessage.Status.INTERRUPTED, error=str(error)[:500])
+        logger.warning("message %s interrupted: %s", message.pk, error)
         raise SendDeferred(str(error)) from error
     status = getattr(email, "anymail_status", None)
     _finish(
@@ -311,7 +399,7 @@ def message_build(
     """The message as it is sent: personalized, every link through the signed redirect, the
     open pixel, a decoy link for scanners, and RFC 8058 one-click unsubscribe headers."""
     profile = profile_get(client_id=message.client_id, visitor_id=message.visitor_id)
-    token = message_token(MessageRef(message.client_id, message.pk, message.visitor_id))
+    token = message_token(MessageRef(message.client_id, message.pk))
     addresses = Addresses(base=settings.EMAIL_BASE_URL.rstrip("/"), token=token)
     context = {**_context(profile), "email": message.email}
     context["unsubscribe_url"] = addresses.unsubscribe
@@ -356,9 +444,18 @@ TEST_ADDRESSES_MAX = 10
 def email_test_send(*, campaign: EmailCampaign, addresses: list[str]) -> int:
     """Send the campaign to these addresses as a test ("[Test]" subject, the profile of the
     address when the client has one, else a sample; links not tracked). Returns how many;
-    raises EmailError for more than TEST_ADDRESSES_MAX addresses."""
+    raises EmailError for more than TEST_ADDRESSES_MAX addresses or a profile the templates
+    cannot render (nothing sent), and what the backend raises when it cannot send."""
     if not 0 < len(addresses) <= TEST_ADDRESSES_MAX:
         raise EmailError(f"a test goes to 1 to {TEST_ADDRESSES_MAX} addresses")
+    try:
+        messages = _test_messages(campaign, addresses)
+    except Exception as error:  # a profile the templates cannot render
+        raise EmailError(f"not sent: {error}") from error
+    return get_connection(fail_silently=False).send_messages(messages) or 0
+
+
+def _test_messages(campaign: EmailCampaign, addresses: list[str]) -> list[EmailMultiAlternatives]:
     messages = []
     for address in addresses:
         profile = profile_by_email(client_id=campaign.client_id, email=address)
@@ -374,7 +471,7 @@ def email_test_send(*, campaign: EmailCampaign, addresses: list[str]) -> int:
             template_render(campaign.html_body, context, is_html=True), "text/html"
         )
         messages.append(email)
-    return get_connection(fail_silently=False).send_messages(messages) or 0
+    return messages
 
 
 def suppression_add(
@@ -513,7 +610,9 @@ def email_campaign_schedule(
     local = timezone.localtime(at)
     if not repeat and at <= timezone.now():
         raise EmailError("a single sending must be in the future")
-    task = campaign.schedule or PeriodicTask(name=f"Email campaign {campaign.pk}: {campaign}")
+    # PeriodicTask.name holds 200 characters.
+    name = f"Email campaign {campaign.pk}: {campaign}"[:200]
+    task = campaign.schedule or PeriodicTask(name=name)
     task.task = SEND_TASK
     task.args = f"[{campaign.pk}]"
     task.enabled = True
@@ -551,7 +650,3 @@ def email_campaign_delete(*, campaign: EmailCampaign) -> None:
     """Delete a campaign with its mailings and its entry in the beat schedule."""
     email_campaign_unschedule(campaign=campaign)
     campaign.delete()
-
-
-def mailing_status_counts(*, mailing: EmailMailing) -> dict[str, int]:
-    return dict(mailing.messages.values_list("status").annotate(count=Count("id")).order_by())

@@ -25,7 +25,7 @@ from campaigns.services.email import (
     mailing_start,
     suppression_add,
 )
-from campaigns.tasks import send_email_campaign, send_mailing
+from campaigns.tasks import resume_mailings, send_email_campaign, send_mailing
 from tests.factories import EmailCampaignFactory, ProfileFactory, SegmentFactory
 
 pytestmark = pytest.mark.django_db
@@ -197,7 +197,10 @@ def test_the_task_sends_a_throttled_campaign_a_batch_a_minute(campaign, smtp_ser
 
     outcome = send_mailing.apply(args=(mailing.pk,)).get()
 
-    assert outcome == {"mailing": mailing.pk, "sent": 2, "bounced": 0, "failed": 0, "remaining": 3}
+    assert outcome == {
+        "mailing": mailing.pk, "sent": 2, "bounced": 0, "failed": 0, "suppressed": 0,
+        "remaining": 3, "is_active": True,
+    }  # fmt: skip
     assert len(smtp_server.recipients) == 2
     assert queued == [((mailing.pk,), 60)]
     # Run again (a retry, a second worker): only what waits is sent.
@@ -259,9 +262,10 @@ def test_a_schedule_is_a_beat_entry_and_a_double_firing_sends_once(
     assert EmailMailing.objects.count() == 1
     broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     headers = [json.loads(raw)["headers"] for raw in broker.lrange("celery", 0, -1)]
+    # Queued once: the second firing found the mailing under way.
     assert [(header["task"], header["argsrepr"]) for header in headers] == [
         ("campaigns.send_mailing", f"({first['mailing']},)")
-    ] * 2
+    ]
     # What the worker then does with them: the second finds nothing left to send.
     send_mailing.apply(args=(first["mailing"],)).get()
     send_mailing.apply(args=(first["mailing"],)).get()
@@ -301,3 +305,81 @@ def test_a_test_send_goes_to_a_few_addresses_only(campaign, smtp_server):
         email_test_send(campaign=campaign, addresses=[f"a{n}@example.com" for n in range(11)])
 
     assert smtp_server.messages == []
+
+
+def test_a_greylisted_recipient_waits_and_is_not_suppressed(campaign, smtp_server):
+    _buyer(campaign.client, "slow@example.com")
+    smtp_server.deferred.add("slow@example.com")
+    mailing = mailing_start(campaign=campaign)
+
+    with pytest.raises(SendDeferred, match="greylisted"):
+        mailing_send_batch(mailing_id=mailing.pk)
+
+    message = EmailMessage.objects.get()
+    assert message.status == "pending"
+    assert EmailSuppression.objects.count() == 0
+    smtp_server.deferred.clear()
+    assert mailing_send_batch(mailing_id=mailing.pk).sent == 1
+
+
+def test_a_refused_sender_pauses_the_campaign_and_loses_nothing(campaign, smtp_server):
+    for index in range(3):
+        _buyer(campaign.client, f"p{index}@example.com")
+    smtp_server.is_sender_refused = True
+    mailing = mailing_start(campaign=campaign)
+
+    with pytest.raises(SendDeferred, match="sender not allowed"):
+        mailing_send_batch(mailing_id=mailing.pk)
+
+    campaign.refresh_from_db()
+    assert campaign.status == "paused"
+    assert sorted(mailing.messages.values_list("status", flat=True)) == ["pending"] * 3
+
+
+def test_an_address_no_mail_library_takes_is_never_chosen(campaign):
+    _buyer(campaign.client, "x@y@example.com")
+    _buyer(campaign.client, "a@example.com, b@example.com")
+    _buyer(campaign.client, "ok@example.com")
+
+    mailing = mailing_start(campaign=campaign)
+
+    assert list(mailing.messages.values_list("email", flat=True)) == ["ok@example.com"]
+    assert mailing.recipients == 1
+
+
+def test_an_address_suppressed_during_a_mailing_is_not_mailed(campaign, smtp_server):
+    _buyer(campaign.client, "ann@example.com")
+    _buyer(campaign.client, "bob@example.com")
+    mailing = mailing_start(campaign=campaign)
+    suppression_add(client_id=campaign.client_id, email="bob@example.com", reason="unsubscribed")
+
+    result = mailing_send(mailing_id=mailing.pk)
+
+    assert (result.sent, result.suppressed) == (1, 1)
+    assert smtp_server.recipients == ["ann@example.com"]
+    assert EmailMessage.objects.get(email="bob@example.com").status == "suppressed"
+
+
+def test_a_paused_campaigns_mailing_waits_for_the_beat_to_resume_it(
+    campaign, smtp_server, monkeypatch, settings
+):
+    _buyer(campaign.client, "ann@example.com")
+    mailing = mailing_start(campaign=campaign)
+    campaign.status = "paused"
+    campaign.save()
+    queued = []
+    monkeypatch.setattr(send_mailing, "apply_async", lambda *a, **k: queued.append(a))
+    monkeypatch.setattr(send_mailing, "delay", lambda *a: queued.append(a))
+
+    send_mailing.apply(args=(mailing.pk,)).get()
+    assert queued == []  # no loop while paused
+
+    campaign.status = "active"
+    campaign.save()
+    settings.EMAIL_CLAIM_SECONDS = 0
+    EmailMailing.objects.filter(pk=mailing.pk).update(
+        started_at=timezone.now() - timedelta(minutes=1)
+    )
+
+    assert resume_mailings.apply().get() == [mailing.pk]
+    assert queued == [(mailing.pk,)]

@@ -81,3 +81,20 @@ def test_a_campaign_with_a_bad_template_is_refused_at_save():
     errors = refused.value.message_dict
     assert errors["subject"][0].startswith("line 1: unknown field 'nobody' (the fields are: email,")
     assert errors["html_body"] == ["line 2: Expected an expression, got 'end of statement block'"]
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("{{ 2 ** 100000000 }}", "line 1: an exponent above 64"),
+        ('{{ "x" * 10 ** 10 }}', "line 1: a repetition longer than 100000"),
+    ],
+)
+def test_a_template_cannot_take_the_workers_time_or_memory(source, problem):
+    assert template_check(source, is_html=False) == [problem]
+
+
+def test_a_loops_counter_is_allowed():
+    source = "{% for name in attributes %}{{ loop.index }}. {{ name }}{% endfor %}"
+
+    assert template_check(source, is_html=False) == []

@@ -72,7 +72,8 @@ def test_clicks_on_several_links_at_once_are_a_scanner():
         Activity("click", _at(500), PERSON, "203.0.113.0", url="https://s/a"),
         Activity("click", _at(501), PERSON, "203.0.113.0", url="https://s/b"),
         Activity("click", _at(501.5), PERSON, "203.0.113.0", url="https://s/b"),
-    ) == ["", "burst of clicks", ""]
+        Activity("click", _at(900), PERSON, "203.0.113.0", url="https://s/a"),
+    ) == ["burst of clicks", "burst of clicks", "burst of clicks", ""]
 
 
 def test_links_in_html_and_text_go_through_the_tracker_unescaped_once():
