@@ -7,7 +7,7 @@ class CampaignsConfig(AppConfig):
     def ready(self) -> None:
         from anymail.signals import tracking
 
-        from campaigns.services.email import email_delivery_report
+        from campaigns.services.email_tracking import email_delivery_report
 
         # django-anymail reports a provider's webhooks as this signal; the receiver only
         # hands the report to the service.

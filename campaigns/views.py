@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from aggregation.services import email_activity_spool
 from campaigns.mailtracking import TrackingError, landing_url, link_read, message_token_read
-from campaigns.services.email import email_unsubscribe
+from campaigns.services.email_tracking import email_unsubscribe
 from delivery.identity import client_address, ip_truncate
 
 logger = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ from aggregation.services.profiles import (
     profiles_settle,
 )
 from campaigns.mailtracking import LANDING_PARAMETER
-from campaigns.services.email import email_activities_load, recipients_of_landings
+from campaigns.services.email_tracking import email_activities_load, recipients_of_landings
 from coremetrics.models import Client
 
 logger = logging.getLogger(__name__)

@@ -35,8 +35,8 @@ from campaigns.services.email import (
     email_campaign_send,
     email_campaign_unschedule,
     email_test_send,
-    suppression_add,
 )
+from campaigns.services.email_tracking import suppression_add
 from coremetrics.api import (
     TenantModelSerializer,
     TenantReadOnlyViewSet,

@@ -12,7 +12,8 @@ from django_celery_beat.models import PeriodicTask
 from rest_framework.test import APIClient
 
 from campaigns.models import EmailCampaign, EmailMailing, EmailSuppression
-from campaigns.services.email import mailing_send, mailing_start, suppression_add
+from campaigns.services.email import mailing_send, mailing_start
+from campaigns.services.email_tracking import suppression_add
 from coremetrics.models import Membership
 from coremetrics.tokens import api_token_create
 from tests.factories import (

@@ -23,8 +23,8 @@ from campaigns.services.email import (
     mailing_send,
     mailing_send_batch,
     mailing_start,
-    suppression_add,
 )
+from campaigns.services.email_tracking import suppression_add
 from campaigns.tasks import resume_mailings, send_email_campaign, send_mailing
 from tests.factories import EmailCampaignFactory, ProfileFactory, SegmentFactory
 

@@ -22,7 +22,8 @@ from campaigns.models import (
     Experiment,
     Placement,
 )
-from campaigns.services.email import mailing_start, suppression_add
+from campaigns.services.email import mailing_start
+from campaigns.services.email_tracking import suppression_add
 from coremetrics.models import Membership
 from coremetrics.tokens import api_token_create
 from delivery.identity import visitor_id_issue

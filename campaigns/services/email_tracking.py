@@ -1,0 +1,136 @@
+"""Email tracking (C2, B3): suppressions, one-click unsubscribe, providers' delivery reports,
+the opens and clicks loaded from the spool, and the landing pages that join a browser to its
+recipient (docs/email.md)."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+from django.utils import timezone
+
+from campaigns.mailtracking import MessageRef, TrackingError, landing_token, message_token_read
+from campaigns.models import EmailActivity, EmailMessage, EmailSuppression
+
+logger = logging.getLogger(__name__)
+
+
+def suppression_add(
+    *, client_id: int, email: str, reason: str, message: EmailMessage | None = None
+) -> EmailSuppression:
+    """Never mail this address of this client again (the first reason is kept)."""
+    suppression, _ = EmailSuppression.objects.get_or_create(
+        client_id=client_id,
+        email=email.lower(),
+        defaults={"reason": reason, "message": message},
+    )
+    return suppression
+
+
+@transaction.atomic
+def email_unsubscribe(*, token: str) -> EmailMessage:
+    """One-click unsubscribe (RFC 8058) of a message's recipient; raises TrackingError for a
+    token not made here. Asked twice, nothing changes the second time."""
+    ref = message_token_read(token)
+    message = EmailMessage.objects.filter(pk=ref.message_id, client_id=ref.client_id).first()
+    if message is None:
+        raise TrackingError("this message is no longer known")
+    if message.unsubscribed_at is None:
+        message.unsubscribed_at = timezone.now()
+        message.save(update_fields=["unsubscribed_at"])
+    suppression_add(
+        client_id=message.client_id,
+        email=message.email,
+        reason=EmailSuppression.Reason.UNSUBSCRIBED,
+        message=message,
+    )
+    return message
+
+
+def email_delivery_report(*, provider_id: str, event_type: str) -> int:
+    """A sending provider's report (django-anymail tracking): a bounce or a complaint marks
+    the message and suppresses its address. Returns the messages changed."""
+    reasons = {
+        "bounced": EmailSuppression.Reason.BOUNCED,
+        "rejected": EmailSuppression.Reason.BOUNCED,
+        "complained": EmailSuppression.Reason.COMPLAINED,
+    }
+    if not provider_id or event_type not in reasons:
+        return 0
+    changed = 0
+    for message in EmailMessage.objects.filter(provider_id=provider_id):
+        if event_type != "complained":
+            EmailMessage.objects.filter(pk=message.pk).update(
+                status=EmailMessage.Status.BOUNCED, error=f"reported {event_type}"
+            )
+        suppression_add(
+            client_id=message.client_id,
+            email=message.email,
+            reason=reasons[event_type],
+            message=message,
+        )
+        changed += 1
+    return changed
+
+
+def email_activities_load(*, records: list[dict]) -> int:
+    """Opens and clicks from spool records (consolidation calls this in the transaction of
+    their slice); a record of another client's message, or of a deleted one, is skipped.
+    Returns how many were new."""
+    if not records:
+        return 0
+    messages = dict(
+        EmailMessage.objects.filter(
+            pk__in={record["properties"].get("message") for record in records}
+        ).values_list("pk", "client_id")
+    )
+    activities = []
+    for record in records:
+        properties = record["properties"]
+        message_id = properties.get("message")
+        if messages.get(message_id) != record["client"]:
+            logger.warning("email activity of an unknown message %s skipped", message_id)
+            continue
+        activities.append(
+            EmailActivity(
+                event_id=record["event_id"],
+                client_id=record["client"],
+                message_id=message_id,
+                kind="open" if record["type"] == "email_open" else "click",
+                at=record["occurred_at"],
+                url=record["url"],
+                is_decoy=bool(properties.get("decoy")),
+                user_agent=str(properties.get("user_agent", ""))[:300],
+                ip=str(properties.get("ip", ""))[:45],
+            )
+        )
+    before = EmailActivity.objects.filter(event_id__in=[a.event_id for a in activities]).count()
+    EmailActivity.objects.bulk_create(activities, batch_size=500, ignore_conflicts=True)
+    return len(activities) - before
+
+
+def recipients_of_landings(*, landings: dict[int, dict[str, str]]) -> dict[int, dict[str, str]]:
+    """For the page views that landed from an email link (client -> {visitor: landing url}),
+    the recipient's address per visitor, so that the visitor joins the recipient (B5)."""
+    refs: dict[int, dict[str, MessageRef]] = {}
+    for client_id, urls in landings.items():
+        for visitor_id, url in urls.items():
+            try:
+                ref = message_token_read(landing_token(url))
+            except TrackingError:
+                continue
+            if ref.client_id == client_id:  # one client's link never joins another's visitor
+                refs.setdefault(client_id, {})[visitor_id] = ref
+    addresses = dict(
+        EmailMessage.objects.filter(
+            pk__in=[ref.message_id for by in refs.values() for ref in by.values()]
+        ).values_list("pk", "email")
+    )
+    return {
+        client_id: {
+            visitor_id: addresses[ref.message_id]
+            for visitor_id, ref in by.items()
+            if ref.message_id in addresses
+        }
+        for client_id, by in refs.items()
+    }
