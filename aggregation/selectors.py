@@ -5,7 +5,7 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import Count, Q, QuerySet
-from django.db.models.functions import TruncDate
+from django.db.models.functions import Lower, TruncDate
 
 from aggregation.models import Event, Profile, VisitorLink
 
@@ -45,8 +45,11 @@ def profile_get(*, client_id: int, visitor_id: str) -> Profile | None:
 
 def profile_by_email(*, client_id: int, email: str) -> Profile | None:
     """The most recently seen profile that gave this address (any case), or None."""
+    # lower(email), as the index on profiles has it.
     return (
-        Profile.objects.filter(client_id=client_id, email__iexact=email)
+        Profile.objects.filter(client_id=client_id)
+        .annotate(address=Lower("email"))
+        .filter(address=email.lower())
         .order_by("-last_seen_at")
         .first()
     )
@@ -69,8 +72,12 @@ def visitors_joined(*, client_id: int, canonicals: set[str]) -> dict[str, str]:
     """Every visitor id whose events belong to these canonical visitors -> its canonical
     (the canonicals themselves included; B5)."""
     members = {canonical: canonical for canonical in canonicals}
-    links = VisitorLink.objects.filter(client_id=client_id, canonical_id__in=canonicals)
-    members.update(links.values_list("visitor_id", "canonical_id"))
+    ids = list(canonicals)
+    for start in range(0, len(ids), 5000):  # SQLite takes at most 32,766 parameters
+        links = VisitorLink.objects.filter(
+            client_id=client_id, canonical_id__in=ids[start : start + 5000]
+        )
+        members.update(links.values_list("visitor_id", "canonical_id"))
     return members
 
 

@@ -297,8 +297,10 @@ class _Slice:
     emails: dict[int, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
     # Opens and clicks of email messages: loaded as email activity, not as events.
     email_records: list[dict] = field(default_factory=list)
-    # Page views that landed from an email link, per client: visitor -> landing address.
-    landings: dict[int, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
+    # Page views that landed from an email link, per client: visitor -> (address, when).
+    landings: dict[int, dict[str, tuple[str, datetime]]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
 
 
 LANDING_MARK = f"{LANDING_PARAMETER}="
@@ -324,7 +326,8 @@ def _slice_parse(file, first_number: int, known_clients: set[int], *, for_copy: 
             if record["email"]:
                 piece.emails[record["client"]][record["visitor_id"]] = record["email"].lower()
             if LANDING_MARK in record["url"] and record["type"] == "page_view":
-                piece.landings[record["client"]][record["visitor_id"]] = record["url"]
+                landing = (record["url"], record["occurred_at"])
+                piece.landings[record["client"]][record["visitor_id"]] = landing
         else:
             piece.dead.append((number, f"unknown client {record['client']}", line))
     if for_copy:
@@ -336,7 +339,7 @@ def _file_load(path: Path, paths: dict[str, Path], result: FileResult) -> None:
     # Bounded by the file's distinct visitors (about 100 bytes each), not by its lines.
     touched: dict[int, set[str]] = defaultdict(set)
     emails: dict[int, dict[str, str]] = defaultdict(dict)
-    landings: dict[int, dict[str, str]] = defaultdict(dict)
+    landings: dict[int, dict[str, tuple[str, datetime]]] = defaultdict(dict)
     # Every client a closed file can name existed when it was written; one deleted since has
     # its lines refused (or, deleted during the load, fails the slice and the file is retried).
     known_clients = set(Client.objects.values_list("pk", flat=True))
@@ -362,8 +365,8 @@ def _file_load(path: Path, paths: dict[str, Path], result: FileResult) -> None:
             result.lines += piece.lines
             result.bad_lines += len(piece.dead)
             _slice_load(piece, result, touched, emails)
-            for client_id, urls in piece.landings.items():
-                landings[client_id].update(urls)
+            for client_id, views in piece.landings.items():
+                landings[client_id].update(views)
     # A visitor who landed from an email link joins its recipient, as if they gave the address.
     for client_id, addresses in recipients_of_landings(landings=landings).items():
         emails[client_id] = {**addresses, **emails[client_id]}

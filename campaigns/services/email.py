@@ -219,6 +219,7 @@ def mailing_send_batch(*, mailing_id: int, limit: int = BATCH_SIZE) -> BatchResu
                     pk=campaign.pk, status=EmailCampaign.Status.ACTIVE
                 ).exists():
                     break
+                _connection_check(connection)
                 message = _claim(mailing)
                 if message is None:
                     break
@@ -255,6 +256,22 @@ def mailing_send(*, mailing_id: int, sleep=time.sleep) -> BatchResult:
             return total
         if rate:
             sleep(60)
+
+
+def _connection_check(connection) -> None:
+    """Open again an SMTP connection the server closed while idle, before a message is claimed:
+    otherwise the next message would fail mid-conversation and count as interrupted."""
+    smtp = getattr(connection, "connection", None)
+    if smtp is None:  # not an SMTP backend (files, a provider's API)
+        return
+    try:
+        smtp.noop()
+    except (OSError, smtplib.SMTPException):
+        connection.close()
+        try:
+            connection.open()
+        except (OSError, smtplib.SMTPException) as error:
+            raise SendDeferred(f"the mail server is unreachable: {error}") from error
 
 
 def mailings_stalled() -> list[int]:

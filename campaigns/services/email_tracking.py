@@ -5,6 +5,7 @@ recipient (docs/email.md)."""
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.utils import timezone
@@ -109,28 +110,35 @@ def email_activities_load(*, records: list[dict]) -> int:
     return len(activities) - before
 
 
-def recipients_of_landings(*, landings: dict[int, dict[str, str]]) -> dict[int, dict[str, str]]:
-    """For the page views that landed from an email link (client -> {visitor: landing url}),
-    the recipient's address per visitor, so that the visitor joins the recipient (B5)."""
-    refs: dict[int, dict[str, MessageRef]] = {}
-    for client_id, urls in landings.items():
-        for visitor_id, url in urls.items():
+def recipients_of_landings(
+    *, landings: dict[int, dict[str, tuple[str, datetime]]]
+) -> dict[int, dict[str, str]]:
+    """For the page views that landed from an email link (client -> {visitor: (landing url,
+    when)}), the recipient's address per visitor, so that the visitor joins the recipient (B5).
+    Only a landing within the campaign's attribution window after the message was sent joins:
+    a forwarded message or a shared address found much later joins nobody."""
+    refs: dict[int, dict[str, tuple[MessageRef, datetime]]] = {}
+    for client_id, views in landings.items():
+        for visitor_id, (url, at) in views.items():
             try:
                 ref = message_token_read(landing_token(url))
             except TrackingError:
                 continue
             if ref.client_id == client_id:  # one client's link never joins another's visitor
-                refs.setdefault(client_id, {})[visitor_id] = ref
-    addresses = dict(
-        EmailMessage.objects.filter(
-            pk__in=[ref.message_id for by in refs.values() for ref in by.values()]
-        ).values_list("pk", "email")
-    )
-    return {
-        client_id: {
-            visitor_id: addresses[ref.message_id]
-            for visitor_id, ref in by.items()
-            if ref.message_id in addresses
-        }
-        for client_id, by in refs.items()
+                refs.setdefault(client_id, {})[visitor_id] = (ref, at)
+    messages = {
+        pk: (email, sent_at, timedelta(days=days))
+        for pk, email, sent_at, days in EmailMessage.objects.filter(
+            pk__in=[ref.message_id for by in refs.values() for ref, _ in by.values()],
+            sent_at__isnull=False,
+        ).values_list("pk", "email", "sent_at", "campaign__attribution_days")
     }
+    joins: dict[int, dict[str, str]] = {}
+    for client_id, by in refs.items():
+        for visitor_id, (ref, at) in by.items():
+            if ref.message_id not in messages:
+                continue
+            email, sent_at, window = messages[ref.message_id]
+            if sent_at <= at <= sent_at + window:
+                joins.setdefault(client_id, {})[visitor_id] = email
+    return joins

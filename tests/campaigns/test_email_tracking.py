@@ -305,3 +305,20 @@ def test_a_providers_bounce_report_suppresses_the_address(sent):
     message.refresh_from_db()
     assert message.status == "bounced"
     assert EmailSuppression.objects.get().reason == "bounced"
+
+
+@pytest.mark.django_db
+def test_a_landing_after_the_attribution_window_joins_nobody(client, sent):
+    message, received = sent
+    manifest_publish(client_id=message.client_id)
+    # Sent thirty days ago; the campaign's window is seven days.
+    EmailMessage.objects.filter(pk=message.pk).update(sent_at=timezone.now() - timedelta(days=30))
+    sale = _links(received)[0].removeprefix("http://testserver")
+    landing = client.get(sale, HTTP_USER_AGENT=BROWSER)["Location"]
+    stranger = visitor_id_issue()
+
+    _collect(client, message.client.public_key, stranger, [{"type": "page_view", "url": landing}])
+    spool_consolidate()
+
+    assert VisitorLink.objects.count() == 0
+    assert Event.objects.get(visitor_id=stranger).url == landing

@@ -40,7 +40,7 @@ def test_repeated_failures_lock_that_username_out_but_not_others(client, setting
     assert other.status_code == 302
 
 
-def test_the_production_configuration_passes_the_deploy_checks():
+def _deploy_check(**settings) -> subprocess.CompletedProcess:
     env = {
         key: value
         for key, value in os.environ.items()
@@ -49,10 +49,11 @@ def test_the_production_configuration_passes_the_deploy_checks():
     env.update(
         SECRET_KEY="x9" * 30 + "-production-grade-secret-key",
         ALLOWED_HOSTS="coremetrics.example",
+        PUBLIC_BASE_URL="https://coremetrics.example",
         DJANGO_SETTINGS_MODULE="coremetrics.settings",
+        **settings,
     )
-
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=ROOT,
         env=env,
@@ -60,5 +61,16 @@ def test_the_production_configuration_passes_the_deploy_checks():
         text=True,
     )
 
+
+def test_the_production_configuration_passes_the_deploy_checks():
+    result = _deploy_check()
+
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
+
+
+def test_plain_http_addresses_in_email_fail_the_deploy_checks():
+    result = _deploy_check(EMAIL_BASE_URL="http://mail.coremetrics.example")
+
+    assert result.returncode == 1
+    assert "(campaigns.W001) EMAIL_BASE_URL is 'http://mail.coremetrics.example'" in result.stderr
