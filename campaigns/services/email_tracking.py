@@ -126,13 +126,12 @@ def recipients_of_landings(
                 continue
             if ref.client_id == client_id:  # one client's link never joins another's visitor
                 refs.setdefault(client_id, {})[visitor_id] = (ref, at)
-    messages = {
-        pk: (email, sent_at, timedelta(days=days))
-        for pk, email, sent_at, days in EmailMessage.objects.filter(
-            pk__in=[ref.message_id for by in refs.values() for ref, _ in by.values()],
-            sent_at__isnull=False,
-        ).values_list("pk", "email", "sent_at", "campaign__attribution_days")
-    }
+    messages: dict[int, tuple[str, datetime, timedelta]] = {}
+    for pk, email, sent_at, days in EmailMessage.objects.filter(
+        pk__in=[ref.message_id for by in refs.values() for ref, _ in by.values()]
+    ).values_list("pk", "email", "sent_at", "campaign__attribution_days"):
+        if sent_at is not None:  # held out, or not sent yet: no link of it was ever clicked
+            messages[pk] = (email, sent_at, timedelta(days=days))
     joins: dict[int, dict[str, str]] = {}
     for client_id, by in refs.items():
         for visitor_id, (ref, at) in by.items():

@@ -150,6 +150,7 @@ def test_beat_admin_lists_the_seeded_schedule(client, superuser):
     ) == [
         ("Consolidate the spool", "aggregation.consolidate", 5, "minutes", True),
         ("Rebuild the lookup tables", "segmentation.build_tables", 6, "hours", True),
+        ("Resume stalled email mailings", "campaigns.resume_mailings", 5, "minutes", True),
     ]
 
 
