@@ -57,6 +57,13 @@ class Comparison:
         return self.p_value < ALPHA
 
 
+def lift_text(comparison: Comparison | None) -> str:
+    """A lift with its interval, as the console shows it: "+12.0% (+3.1% to +20.9%)"."""
+    if comparison is None or None in (comparison.lift, comparison.lift_low, comparison.lift_high):
+        return "-"
+    return f"{comparison.lift:+.1%} ({comparison.lift_low:+.1%} to {comparison.lift_high:+.1%})"
+
+
 def _lifted(difference: float, low: float, high: float, base: float, p: float) -> Comparison:
     if base == 0:
         return Comparison(difference, low, high, p, None, None, None)

@@ -31,6 +31,7 @@ from campaigns.services import (
     experiment_results,
     experiment_start,
 )
+from campaigns.statistics import lift_text
 from coremetrics.tenancy import (
     ReadOnlyTenantAdmin,
     TenantAdmin,
@@ -302,15 +303,15 @@ class ExperimentAdmin(TenantAdmin):
         )
         if results and results["holdout"]:
             holdout = results["holdout"]
-            holdout["campaign_conversion_text"] = _lift_text(holdout["campaign_conversion"])
-            holdout["campaign_revenue_text"] = _lift_text(holdout["campaign_revenue"])
+            holdout["campaign_conversion_text"] = lift_text(holdout["campaign_conversion"])
+            holdout["campaign_revenue_text"] = lift_text(holdout["campaign_revenue"])
         for row in results["groups"] if results else []:
             rate = row["conversion_rate"]
             row["conversion_percent"] = None if rate is None else 100 * rate
             ctr = row["click_through_rate"]
             row["ctr_percent"] = None if ctr is None else 100 * ctr
-            row["conversion_lift"] = _lift_text(row["conversion"])
-            row["revenue_lift_text"] = _lift_text(row["revenue_lift"])
+            row["conversion_lift"] = lift_text(row["conversion"])
+            row["revenue_lift_text"] = lift_text(row["revenue_lift"])
         context = {
             **self.admin_site.each_context(request),
             "title": f"Results of {experiment}",
@@ -345,12 +346,6 @@ class ExperimentAdmin(TenantAdmin):
         return HttpResponseRedirect(
             reverse("admin:campaigns-experiment-results", args=[experiment.pk])
         )
-
-
-def _lift_text(comparison) -> str:
-    if comparison is None or comparison.lift is None:
-        return "-"
-    return f"{comparison.lift:+.1%} ({comparison.lift_low:+.1%} to {comparison.lift_high:+.1%})"
 
 
 def _date(value: str | None) -> date | None:

@@ -34,13 +34,8 @@ from campaigns.services.email import (
     email_test_send,
     recipients_matching,
 )
+from campaigns.statistics import lift_text
 from coremetrics.tenancy import ReadOnlyTenantAdmin, TenantAdmin, TenantForm
-
-
-def _lift_text(comparison) -> str:
-    if comparison is None or comparison.lift is None:
-        return "-"
-    return f"{comparison.lift:+.1%} ({comparison.lift_low:+.1%} to {comparison.lift_high:+.1%})"
 
 
 class TestSendForm(forms.Form):
@@ -232,8 +227,8 @@ class EmailCampaignAdmin(TenantAdmin):
         results["groups"] = [_with_rates(group) for group in results["groups"]]
         holdout = results["holdout"]
         if holdout:
-            holdout["conversion_text"] = _lift_text(holdout["conversion"])
-            holdout["revenue_text"] = _lift_text(holdout["revenue"])
+            holdout["conversion_text"] = lift_text(holdout["conversion"])
+            holdout["revenue_text"] = lift_text(holdout["revenue"])
         context = {
             **self.admin_site.each_context(request),
             "title": f"Results of {campaign}",

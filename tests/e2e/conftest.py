@@ -1,5 +1,6 @@
 import os
 import shutil
+import time
 
 import pytest
 
@@ -78,3 +79,15 @@ def screenshot(page):
         return path
 
     return take
+
+
+def consolidate_until(predicate, timeout: float = 15.0) -> None:
+    """Beacons arrive on their own time: consolidate until the expected events are in."""
+    from aggregation.services import spool_consolidate
+
+    deadline = time.monotonic() + timeout
+    while True:
+        spool_consolidate()
+        if predicate() or time.monotonic() > deadline:
+            return
+        time.sleep(0.3)

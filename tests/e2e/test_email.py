@@ -9,12 +9,11 @@ import pytest
 from playwright.sync_api import expect
 
 from aggregation.models import Event, VisitorLink
-from aggregation.services import spool_consolidate
 from campaigns.models import EmailMailing
 from campaigns.services.email import mailing_send
 from coremetrics.demo_data import DEMO_PASSWORD, demo_client_seed
 from segmentation.services import tables_build
-from tests.e2e.conftest import SCREENSHOTS
+from tests.e2e.conftest import SCREENSHOTS, consolidate_until
 from tests.factories import MOMENT, EventFactory, ProfileFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -23,15 +22,6 @@ PERSON = (
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/131.0 Safari/537.36"
 )
-
-
-def _consolidate_until(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        spool_consolidate()
-        if predicate() or time.monotonic() > deadline:
-            return
-        time.sleep(0.3)
 
 
 def test_a_marketer_sends_an_email_and_sees_what_people_did(
@@ -110,7 +100,7 @@ def test_a_marketer_sends_an_email_and_sees_what_people_did(
     reader.wait_for_url("**/demo/shop/thanks/")
     reader.wait_for_selector("html[data-cm-ready='1']")
     browser_visitor = next(c["value"] for c in reader.context.cookies() if c["name"] == "_cmv")
-    _consolidate_until(
+    consolidate_until(
         lambda: Event.objects.filter(visitor_id=browser_visitor, type="purchase").exists()
     )
     assert VisitorLink.objects.get(visitor_id=browser_visitor).canonical_id == ann.visitor_id

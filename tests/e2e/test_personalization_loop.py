@@ -1,14 +1,12 @@
 """The patent's whole loop in a real browser: tag -> delivery -> spool -> consolidation ->
 profiles -> segments -> table build -> the next answer is personalized."""
 
-import time
-
 import pytest
 
 from aggregation.models import Event, Profile
-from aggregation.services import spool_consolidate
 from coremetrics.demo_data import demo_client_seed, demo_history_seed
 from segmentation.services import tables_build
+from tests.e2e.conftest import consolidate_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -19,16 +17,6 @@ def _banner(page) -> tuple[str, str]:
     page.wait_for_selector("html[data-cm-ready='1']", timeout=10_000)
     element = page.locator(BANNER)
     return element.get_attribute("data-cm-source"), element.locator("img").get_attribute("src")
-
-
-def _consolidate_until(predicate, timeout: float = 15.0) -> None:
-    """Beacons arrive on their own time: consolidate until the expected events are in."""
-    deadline = time.monotonic() + timeout
-    while True:
-        spool_consolidate()
-        if predicate() or time.monotonic() > deadline:
-            return
-        time.sleep(0.3)
 
 
 def test_buyer_sees_buyers_banner_after_consolidation_and_build(live_server, page, screenshot):
@@ -64,7 +52,7 @@ def test_buyer_sees_buyers_banner_after_consolidation_and_build(live_server, pag
             events.filter(type="page_view").count() == 4
         )
 
-    _consolidate_until(all_loaded)
+    consolidate_until(all_loaded)
     tables_build(client_id=client.pk)
 
     # Then the profile holds what they did
