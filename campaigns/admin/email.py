@@ -152,13 +152,12 @@ class EmailCampaignAdmin(TenantAdmin):
         if request.method != "POST":
             return self._form_page(request, campaign, None, "Send now", "Send now")
         try:
-            mailing = email_campaign_send(campaign=campaign)
+            email_campaign_send(campaign=campaign)
         except EmailError as error:
             self.message_user(request, f"Not sent: {error}.", messages.ERROR)
         else:
             self.message_user(
-                request,
-                f"Sending to {mailing.recipients} recipients (the holdout included) has started.",
+                request, "Sending has started: the worker is choosing the recipients."
             )
         return self._back(campaign)
 

@@ -133,6 +133,7 @@ class EmailMailing(models.Model):
     """One sending of a campaign: its recipients chosen once, then mailed in batches."""
 
     class Status(models.TextChoices):
+        PREPARING = "preparing", "Choosing its recipients"
         SENDING = "sending", "Sending"
         DONE = "done", "Done"
 
@@ -141,7 +142,7 @@ class EmailMailing(models.Model):
     occurrence = models.DateTimeField(
         help_text="The moment it was due: a beat entry firing twice for it sends it once."
     )
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.SENDING)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PREPARING)
     recipients = models.PositiveIntegerField(default=0, help_text="Mailed and held out.")
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -110,25 +110,40 @@ def _this_minute() -> datetime:
 
 def mailing_start(*, campaign: EmailCampaign, occurrence: datetime | None = None) -> EmailMailing:
     """The mailing of a campaign due at `occurrence` (default: this minute), its recipients
-    chosen and written once: asked again for the same occurrence, the same mailing. Raises
-    EmailError."""
-    return _mailing_open(campaign=campaign, occurrence=occurrence)[0]
+    chosen and written now, in this process: asked again for the same occurrence, the same
+    mailing. Raises EmailError."""
+    mailing, _ = _mailing_open(campaign=campaign, occurrence=occurrence)
+    return mailing_prepare(mailing_id=mailing.pk)
 
 
 @transaction.atomic
 def _mailing_open(
     *, campaign: EmailCampaign, occurrence: datetime | None
 ) -> tuple[EmailMailing, bool]:
-    occurrence = occurrence or _this_minute()
+    """The mailing row (created "preparing" when new): cheap enough for a request."""
     if campaign.status != EmailCampaign.Status.ACTIVE:
         raise EmailError("only an active campaign sends; this one is " + campaign.status)
     if not campaign.segments.exists():
         raise EmailError("choose at least one segment to mail")
-    mailing, created = EmailMailing.objects.get_or_create(
-        campaign=campaign, occurrence=occurrence, defaults={"client_id": campaign.client_id}
+    try:
+        recipients_matching(campaign=campaign)  # compiles the rules: no query yet
+    except RuleError as error:
+        raise EmailError(f"a segment's rule no longer holds: {error}") from None
+    return EmailMailing.objects.get_or_create(
+        campaign=campaign,
+        occurrence=occurrence or _this_minute(),
+        defaults={"client_id": campaign.client_id},
     )
-    if not created:
-        return mailing, False
+
+
+@transaction.atomic
+def mailing_prepare(*, mailing_id: int) -> EmailMailing:
+    """Choose and write a preparing mailing's recipients, once (the worker does it: a large
+    audience takes longer than a request may). Raises EmailError."""
+    mailing = EmailMailing.objects.select_for_update().select_related("campaign").get(pk=mailing_id)
+    if mailing.status != EmailMailing.Status.PREPARING:
+        return mailing
+    campaign = mailing.campaign
     allocation = _groups(campaign)
     seen: set[str] = set()
     batch: list[EmailMessage] = []
@@ -163,8 +178,9 @@ def _mailing_open(
             batch = []
     EmailMessage.objects.bulk_create(batch)
     mailing.recipients = mailing.messages.count()
-    mailing.save(update_fields=["recipients"])
-    return mailing, True
+    mailing.status = EmailMailing.Status.SENDING
+    mailing.save(update_fields=["recipients", "status"])
+    return mailing
 
 
 def _is_address(address: str) -> bool:
@@ -202,7 +218,7 @@ class BatchResult:
 def mailing_send_batch(*, mailing_id: int, limit: int = BATCH_SIZE) -> BatchResult:
     """Mail up to `limit` waiting messages of a mailing; raises SendDeferred when the mail
     server cannot take them now (the task retries)."""
-    mailing = EmailMailing.objects.select_related("campaign").get(pk=mailing_id)
+    mailing = mailing_prepare(mailing_id=mailing_id)
     campaign = mailing.campaign
     result = BatchResult()
     _interrupted_mark(mailing)
@@ -284,11 +300,12 @@ def mailings_stalled() -> list[int]:
     )
     return list(
         EmailMailing.objects.filter(
-            status=EmailMailing.Status.SENDING,
-            campaign__status=EmailCampaign.Status.ACTIVE,
-            started_at__lt=quiet_since,
+            campaign__status=EmailCampaign.Status.ACTIVE, started_at__lt=quiet_since
         )
-        .filter(Exists(waiting))
+        .filter(
+            Q(status=EmailMailing.Status.PREPARING)
+            | Q(status=EmailMailing.Status.SENDING) & Exists(waiting)
+        )
         .exclude(Exists(busy))
         .values_list("pk", flat=True)
     )

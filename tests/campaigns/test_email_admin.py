@@ -10,7 +10,7 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from campaigns.models import EmailCampaign, EmailMailing
-from campaigns.services.email import mailing_send, mailing_start
+from campaigns.services.email import mailing_send, mailing_send_batch, mailing_start
 from tests.factories import EmailCampaignFactory, ProfileFactory, SegmentFactory
 
 pytestmark = pytest.mark.django_db
@@ -82,7 +82,11 @@ def test_send_now_asks_then_starts_a_mailing(client, marketer, newsletter, on_co
         response = client.post(url)
 
     assert response.status_code == 302
-    assert _messages(response) == ["Sending to 3 recipients (the holdout included) has started."]
+    assert _messages(response) == ["Sending has started: the worker is choosing the recipients."]
+    mailing = EmailMailing.objects.get()
+    assert (mailing.status, mailing.messages.count()) == ("preparing", 0)
+    # The worker's first batch chooses them (a large audience takes longer than a request).
+    mailing_send_batch(mailing_id=mailing.pk, limit=0)
     assert EmailMailing.objects.get().messages.count() == 3
 
 

@@ -19,6 +19,7 @@ from campaigns.services.email import (
     SendDeferred,
     email_campaign_delete,
     email_campaign_schedule,
+    email_campaign_send,
     email_test_send,
     mailing_send,
     mailing_send_batch,
@@ -383,3 +384,23 @@ def test_a_paused_campaigns_mailing_waits_for_the_beat_to_resume_it(
 
     assert resume_mailings.apply().get() == [mailing.pk]
     assert queued == [(mailing.pk,)]
+
+
+def test_a_mailing_whose_worker_was_lost_while_choosing_is_resumed(
+    campaign, smtp_server, monkeypatch, settings, on_commit
+):
+    _buyer(campaign.client, "ann@example.com")
+    with on_commit():
+        mailing = email_campaign_send(campaign=campaign)  # its task is queued, then lost
+    settings.EMAIL_CLAIM_SECONDS = 0
+    EmailMailing.objects.filter(pk=mailing.pk).update(
+        started_at=timezone.now() - timedelta(minutes=1)
+    )
+    queued = []
+    monkeypatch.setattr(send_mailing, "delay", lambda *args: queued.append(args))
+
+    assert resume_mailings.apply().get() == [mailing.pk]
+    send_mailing.apply(args=queued[0]).get()
+
+    assert smtp_server.recipients == ["ann@example.com"]
+    assert EmailMailing.objects.get().status == "done"
