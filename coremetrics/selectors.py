@@ -23,11 +23,11 @@ def clients_heavy_keys() -> list[str]:
 
 def dashboard_get(*, client: Client, today: date) -> dict:
     """The console's home for one client: the last 14 days of traffic and purchases, what is
-    running (campaigns with their serving table, A/B tests, imports under way), the last
-    builds and consolidations, and the problems to look at."""
+    running (campaigns with their serving table, A/B tests, email mailings, imports under
+    way), the last builds and consolidations, and the problems to look at."""
     from aggregation.models import ConsolidationRun, ImportJob
     from aggregation.selectors import activity_summary
-    from campaigns.models import Campaign, Content, Experiment
+    from campaigns.models import Campaign, Content, EmailMailing, Experiment
     from segmentation.models import TableVersion
 
     activity = activity_summary(client_id=client.pk, first=today - timedelta(days=13), last=today)
@@ -81,6 +81,9 @@ def dashboard_get(*, client: Client, today: date) -> dict:
         .select_related("campaign")
         .order_by("-started_at")[:5],
         "imports": ImportJob.objects.filter(client=client).order_by("-created_at")[:3],
+        "mailings": EmailMailing.objects.filter(client=client)
+        .select_related("campaign")
+        .order_by("-started_at")[:3],
         "last_consolidation": last_consolidation,
         "problems": problems,
     }

@@ -4,8 +4,9 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from campaigns.models import EmailMailing
 from segmentation.models import TableVersion
-from tests.factories import CampaignFactory, ContentFactory, EventFactory
+from tests.factories import CampaignFactory, ContentFactory, EmailCampaignFactory, EventFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -25,6 +26,11 @@ def test_a_marketer_sees_their_clients_traffic_campaigns_and_problems(
     )
     EventFactory(client=client_a, type="purchase", value="30.00", order_id="o1",
                  occurred_at=timezone.now())  # fmt: skip
+    for client_, name in ((client_a, "November news"), (client_b, "Bravo mailing")):
+        EmailMailing.objects.create(
+            client=client_, campaign=EmailCampaignFactory(client=client_, name=name),
+            occurrence=timezone.now(), status="done", recipients=12,
+        )  # fmt: skip
     EventFactory(client=client_b, type="purchase", value="999.00", order_id="o2",
                  occurred_at=timezone.now())  # fmt: skip
 
@@ -47,8 +53,10 @@ def test_a_marketer_sees_their_clients_traffic_campaigns_and_problems(
         "Broken has no published table: everyone sees its default",
         "Spring sale has no published table: everyone sees its default",
     ]
+    assert [mailing.campaign.name for mailing in dashboard["mailings"]] == ["November news"]
     html = response.content.decode()
     assert "Spring sale" in html and "Bravo secret" not in html
+    assert "November news</a>: done, 12 recipients" in html and "Bravo mailing" not in html
 
 
 def test_a_superuser_picks_the_client_whose_dashboard_to_see(client, client_a, client_b, superuser):
