@@ -261,7 +261,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": [
-        "django_filters.rest_framework.DjangoFilterBackend",
+        "coremetrics.filters.TenantFilterBackend",
         "rest_framework.filters.OrderingFilter",
     ],
 }

@@ -373,3 +373,24 @@ def test_the_schema_and_its_docs_are_served_without_any_other_site(api_a, client
     assert docs.status_code == 200
     assert "drf_spectacular_sidecar/swagger-ui-dist/" in html
     assert "cdn." not in html and "unpkg" not in html
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "field"), [("table-versions", "campaign"), ("email-mailings", "campaign")]
+)
+def test_a_filter_by_another_clients_row_tells_nothing_of_it(api_a, client_b, endpoint, field):
+    from tests.factories import CampaignFactory, EmailCampaignFactory
+
+    theirs = (EmailCampaignFactory if endpoint == "email-mailings" else CampaignFactory)(
+        client=client_b
+    )
+    nobodys = theirs.pk + 1000
+
+    foreign = api_a.get(f"{API}/{endpoint}", {field: theirs.pk})
+    unknown = api_a.get(f"{API}/{endpoint}", {field: nobodys})
+
+    assert (foreign.status_code, unknown.status_code) == (400, 400)
+    assert foreign.json() == {
+        field: ["Select a valid choice. That choice is not one of the available choices."]
+    }
+    assert unknown.json() == foreign.json()
