@@ -20,9 +20,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from django.conf import settings
 from django.core import signing
-from django.utils.crypto import constant_time_compare
 
 SALT = "coremetrics.email"
 LINK_SALT = "coremetrics.email.link"
@@ -55,22 +53,20 @@ def message_token_read(token: str) -> MessageRef:
         raise TrackingError("this is not an email link of this server") from None
 
 
-def _link_signature(token: str, url: str, is_decoy: bool) -> str:
-    return signing.Signer(salt=LINK_SALT).signature(f"{token}|{int(is_decoy)}|{url}")
+def _link_value(token: str, url: str, is_decoy: bool) -> str:
+    return f"{token}|{int(is_decoy)}|{url}"
 
 
 def link_read(token: str, url: str, is_decoy: bool, signature: str) -> MessageRef:
     """The message of a tracked link whose address is the one it was given with."""
     ref = message_token_read(token)
-    keys = [settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS]
-    if not any(
-        constant_time_compare(
-            signature,
-            signing.Signer(key=key, salt=LINK_SALT).signature(f"{token}|{int(is_decoy)}|{url}"),
-        )
-        for key in keys
-    ):
-        raise TrackingError("this link was changed: it does not go where the message said")
+    signer = signing.Signer(salt=LINK_SALT)  # checks SECRET_KEY_FALLBACKS too
+    try:
+        signer.unsign(f"{_link_value(token, url, is_decoy)}{signer.sep}{signature}")
+    except signing.BadSignature:
+        raise TrackingError(
+            "this link was changed: it does not go where the message said"
+        ) from None
     return ref
 
 
@@ -90,7 +86,8 @@ class Addresses:
         return f"{self.base}/e/u/{self.token}"
 
     def link(self, url: str, *, is_decoy: bool = False) -> str:
-        query = {"u": url, "h": _link_signature(self.token, url, is_decoy)}
+        signature = signing.Signer(salt=LINK_SALT).signature(_link_value(self.token, url, is_decoy))
+        query = {"u": url, "h": signature}
         if is_decoy:
             query["d"] = "1"
         return f"{self.base}/e/c/{self.token}?{urlencode(query, quote_via=quote)}"

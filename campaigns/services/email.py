@@ -424,6 +424,11 @@ def _context(profile) -> dict:
     }
 
 
+def _subject(source: str, context: dict) -> str:
+    # One line, whatever the template's whitespace: a header cannot hold a line break.
+    return " ".join(template_render(source, context, is_html=False).split())
+
+
 def message_build(
     *, message: EmailMessage, campaign: EmailCampaign, connection=None
 ) -> EmailMultiAlternatives:
@@ -435,7 +440,7 @@ def message_build(
     context = {**_context(profile), "email": message.email}
     context["unsubscribe_url"] = addresses.unsubscribe
     subject_source = campaign.subject_b if message.group == "b" else campaign.subject
-    subject = " ".join(template_render(subject_source, context, is_html=False).split())
+    subject = _subject(subject_source, context)
     own = f"{addresses.base}/e/"
 
     def track(url: str) -> str:
@@ -491,7 +496,7 @@ def _test_messages(campaign: EmailCampaign, addresses: list[str]) -> list[EmailM
     for address in addresses:
         profile = profile_by_email(client_id=campaign.client_id, email=address)
         context = {**_context(profile), "email": address, "unsubscribe_url": "#unsubscribe"}
-        subject = " ".join(template_render(campaign.subject, context, is_html=False).split())
+        subject = _subject(campaign.subject, context)
         email = EmailMultiAlternatives(
             subject=f"[Test] {subject}",
             body=template_render(campaign.text_body, context, is_html=False),
