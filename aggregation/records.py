@@ -17,9 +17,10 @@ import re
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Annotated, Any
 
+import msgspec
 import orjson
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
@@ -54,6 +55,9 @@ TEXT_LIMITS = {
 }
 MAX_PROPERTIES_BYTES = 2048
 MAX_VALUE = Decimal("999999999999.99")
+# What the events table's integer columns hold (bigint; a non-negative integer).
+MAX_CONTENT_ID = 2**63 - 1
+MAX_TABLE_VERSION = 2**31 - 1
 # Events stamped further than this from the server's clock (after skew correction) are refused.
 MAX_EVENT_AGE = timedelta(days=7)
 
@@ -369,14 +373,15 @@ def record_parse(line: bytes) -> dict:
                 raise RecordError(f"{name} must be a string of at most {limit} characters")
         if not record["visitor_id"]:
             raise RecordError("visitor_id is empty")
-        for name in ("content_id", "table_version"):
-            if record[name] is not None and type(record[name]) is not int:
-                raise RecordError(f"{name} must be an integer or null")
+        for name, bits in (("content_id", 63), ("table_version", 31)):
+            number = record[name]
+            if number is not None and (type(number) is not int or not 0 <= number < 2**bits):
+                raise RecordError(f"{name} must be null or an integer from 0 to 2**{bits}-1")
         value = record["value"]
         if value is not None:
             record["value"] = Decimal(value)
-            if not record["value"].is_finite():
-                raise RecordError("value must be a finite number")
+            if not record["value"].is_finite() or abs(record["value"]) > MAX_VALUE:
+                raise RecordError(f"value must be a number of at most {MAX_VALUE}")
         if type(record["properties"]) is not dict:
             raise RecordError("properties must be an object")
     except KeyError as error:
@@ -386,3 +391,110 @@ def record_parse(line: bytes) -> dict:
             raise
         raise RecordError(f"bad field: {error}") from None
     return record
+
+
+def _bounded(limit: int) -> Any:
+    return Annotated[str, msgspec.Meta(max_length=limit)]
+
+
+class SpoolLine(msgspec.Struct, gc=False):
+    """A spool record as the loader takes it: record_new's fields, the times in UTC ISO 8601
+    (as the writers make them: string order is time order), the value as decimal text, the
+    properties as their JSON text.
+
+    spool_line_decode makes one straight from a line in one pass of C (msgspec checks types and
+    lengths: under 1 us, against 5 us for record_parse); spool_line_of from record_parse's
+    record, for the lines that take the careful path.
+    """
+
+    event_id: str
+    client: int
+    type: str
+    visitor_id: Annotated[str, msgspec.Meta(min_length=1, max_length=TEXT_LIMITS["visitor_id"])]
+    session_id: _bounded(TEXT_LIMITS["session_id"])  # type: ignore[valid-type]
+    occurred_at: _bounded(32)  # type: ignore[valid-type]
+    received_at: _bounded(32)  # type: ignore[valid-type]
+    url: _bounded(TEXT_LIMITS["url"])  # type: ignore[valid-type]
+    referrer: _bounded(TEXT_LIMITS["referrer"])  # type: ignore[valid-type]
+    campaign_key: _bounded(TEXT_LIMITS["campaign_key"])  # type: ignore[valid-type]
+    placement_key: _bounded(TEXT_LIMITS["placement_key"])  # type: ignore[valid-type]
+    content_id: Annotated[int, msgspec.Meta(ge=0, le=MAX_CONTENT_ID)] | None
+    table_version: Annotated[int, msgspec.Meta(ge=0, le=MAX_TABLE_VERSION)] | None
+    product_id: _bounded(TEXT_LIMITS["product_id"])  # type: ignore[valid-type]
+    category: _bounded(TEXT_LIMITS["category"])  # type: ignore[valid-type]
+    order_id: _bounded(TEXT_LIMITS["order_id"])  # type: ignore[valid-type]
+    value: _bounded(16) | None  # type: ignore[valid-type]
+    currency: _bounded(TEXT_LIMITS["currency"])  # type: ignore[valid-type]
+    email: _bounded(TEXT_LIMITS["email"])  # type: ignore[valid-type]
+    properties: msgspec.Raw
+
+
+_line_decoder = msgspec.json.Decoder(SpoolLine)
+_RECORD_TYPE_SET = frozenset(RECORD_TYPES)
+_VALUE_RE = re.compile(r"\d{1,12}\.\d\d")
+
+
+def _is_utc_moment(text: str) -> bool:
+    # datetime.isoformat of a UTC time, with or without microseconds.
+    return (len(text) == 25 or len(text) == 32) and text[10] == "T" and text[-6:] == "+00:00"
+
+
+def spool_line_decode(line: bytes) -> SpoolLine | None:
+    """The line as our writers make it, or None when it needs record_parse's careful reading.
+
+    Taken here only when nothing in it needs an escape (no backslash: so no tab, newline, NUL
+    or lone surrogate in any string, and every string goes to COPY as it is) and its event id,
+    times and value are in the writers' own forms. What msgspec cannot see (a date that does
+    not exist, a non-hex id) PostgreSQL's COPY refuses, and the loader reads that slice again
+    the careful way.
+    """
+    if b"\\" in line:
+        return None
+    try:
+        record = _line_decoder.decode(line)
+    except msgspec.DecodeError:
+        return None
+    event_id = record.event_id
+    if not (
+        len(event_id) == 36
+        and event_id[8] == event_id[13] == event_id[18] == event_id[23] == "-"
+        and event_id.islower()
+        and record.type in _RECORD_TYPE_SET
+        and _is_utc_moment(record.occurred_at)
+        and _is_utc_moment(record.received_at)
+        and (record.value is None or _VALUE_RE.fullmatch(record.value))
+        and memoryview(record.properties)[:1] == b"{"
+    ):
+        return None
+    return record
+
+
+def spool_line_of(record: dict) -> SpoolLine:
+    """record_parse's record as a SpoolLine (times in UTC, the value rounded as PostgreSQL's
+    numeric(14, 2) rounds it)."""
+    value = record["value"]
+    return SpoolLine(
+        event_id=record["event_id"],
+        client=record["client"],
+        type=record["type"],
+        visitor_id=record["visitor_id"],
+        session_id=record["session_id"],
+        occurred_at=record["occurred_at"].astimezone(UTC).isoformat(),
+        received_at=record["received_at"].astimezone(UTC).isoformat(),
+        url=record["url"],
+        referrer=record["referrer"],
+        campaign_key=record["campaign_key"],
+        placement_key=record["placement_key"],
+        content_id=record["content_id"],
+        table_version=record["table_version"],
+        product_id=record["product_id"],
+        category=record["category"],
+        order_id=record["order_id"],
+        value=None if value is None else str(value.quantize(CENT, rounding=ROUND_HALF_UP)),
+        currency=record["currency"],
+        email=record["email"],
+        properties=msgspec.Raw(orjson.dumps(record["properties"])),
+    )
+
+
+CENT = Decimal("0.01")

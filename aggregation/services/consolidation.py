@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import fcntl
+import gc
 import gzip
 import io
 import logging
@@ -15,13 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from itertools import islice
-from operator import itemgetter
+from operator import attrgetter
 from pathlib import Path
 
 import orjson
 from django.conf import settings
 from django.db import (
+    DataError,
     IntegrityError,
     InterfaceError,
     OperationalError,
@@ -32,18 +34,18 @@ from django.utils import timezone
 
 from aggregation import spool
 from aggregation.models import ConsolidationRun, Event
+from aggregation.profiles import EventRow
 from aggregation.records import (
     EMAIL_TYPES,
     RecordError,
+    SpoolLine,
     record_parse,
+    spool_line_decode,
+    spool_line_of,
 )
 from aggregation.services.identities import identities_stitch
 from aggregation.services.imports import import_reports_prune
-from aggregation.services.profiles import (
-    PROFILES_PER_TRANSACTION,
-    profiles_rebuild,
-    profiles_settle,
-)
+from aggregation.services.profiles import profiles_apply, profiles_settle
 from campaigns.mailtracking import LANDING_PARAMETER
 from campaigns.services.email_tracking import email_activities_load, recipients_of_landings
 from coremetrics.models import Client
@@ -288,8 +290,9 @@ class _Slice:
     """Up to SLICE_LINES lines of a file, parsed: the records to load (with their COPY text on
     PostgreSQL) and the refused lines (line number, reason, line)."""
 
-    lines: int = 0
-    records: list[dict] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)
+    first_number: int = 1
+    records: list[SpoolLine] = field(default_factory=list)
     copy_text: str | None = None
     dead: list[tuple[int, str, bytes]] = field(default_factory=list)
     # The visitors of its records, and the (lower-cased) emails they gave, per client.
@@ -304,106 +307,203 @@ class _Slice:
 
 
 LANDING_MARK = f"{LANDING_PARAMETER}="
+# The events of a file as profiles read them: client -> visitor -> events.
+FileEvents = dict[int, dict[str, list[EventRow]]]
 
 
-def _slice_parse(file, first_number: int, known_clients: set[int], *, for_copy: bool) -> _Slice:
-    """Read and parse the next slice of an open file. No database: runs in a thread of its own
-    while the previous slice loads."""
-    piece = _Slice()
-    for number, line in enumerate(islice(file, SLICE_LINES), start=first_number):
-        piece.lines += 1
-        try:
-            record = record_parse(line)
-        except RecordError as error:
-            piece.dead.append((number, str(error), line))
-            continue
-        if record["client"] in known_clients:
-            if record["type"] in EMAIL_TYPES:
-                piece.email_records.append(record)
+def _slice_parse(
+    lines: list[bytes],
+    first_number: int,
+    known_clients: set[int],
+    events: FileEvents,
+    *,
+    careful: bool,
+    for_copy: bool,
+) -> _Slice:
+    """Parse a slice of lines. No database: runs in a thread of its own while the previous
+    slice loads. Adds each event to `events` (which only this thread writes while it runs).
+
+    A line takes the fast path (spool_line_decode) unless `careful`: then every line is read
+    by record_parse, whose refusals name the field.
+    """
+    piece = _Slice(lines=lines, first_number=first_number)
+    rows = []
+    for number, line in enumerate(lines, start=first_number):
+        record = None if careful else spool_line_decode(line)
+        escaped = record is None
+        if record is None:
+            try:
+                parsed = record_parse(line)
+            except RecordError as error:
+                piece.dead.append((number, str(error), line))
                 continue
-            piece.records.append(record)
-            piece.visitors[record["client"]].add(record["visitor_id"])
-            if record["email"]:
-                piece.emails[record["client"]][record["visitor_id"]] = record["email"].lower()
-            if LANDING_MARK in record["url"] and record["type"] == "page_view":
-                landing = (record["url"], record["occurred_at"])
-                piece.landings[record["client"]][record["visitor_id"]] = landing
+            record = spool_line_of(parsed)
+        client_id = record.client
+        if client_id not in known_clients:
+            piece.dead.append((number, f"unknown client {client_id}", line))
+            continue
+        kind = record.type
+        if kind in EMAIL_TYPES:
+            piece.email_records.append(record_parse(line))
+            continue
+        piece.records.append(record)
+        if for_copy:
+            rows.append(_copy_row_escaped(record) if escaped else _copy_row(record))
+        visitor_id = record.visitor_id
+        occurred_at = datetime.fromisoformat(record.occurred_at)
+        value = record.value
+        row = EventRow(
+            kind,
+            record.session_id,
+            occurred_at,
+            record.url,
+            record.referrer,
+            record.order_id,
+            None if value is None else Decimal(value),
+            record.email,
+            record.product_id,
+            record.category,
+            orjson.loads(bytes(record.properties)) if kind == "custom" else None,
+            record.event_id,
+        )
+        by_visitor = events[client_id]
+        if visitor_id in by_visitor:
+            by_visitor[visitor_id].append(row)
         else:
-            piece.dead.append((number, f"unknown client {record['client']}", line))
+            by_visitor[visitor_id] = [row]
+        piece.visitors[client_id].add(visitor_id)
+        if record.email:
+            piece.emails[client_id][visitor_id] = record.email.lower()
+        if kind == "page_view" and LANDING_MARK in record.url:
+            piece.landings[client_id][visitor_id] = (record.url, occurred_at)
     if for_copy:
-        piece.copy_text = events_copy_text(piece.records)
+        rows.append("")
+        piece.copy_text = "\n".join(rows)
     return piece
 
 
 def _file_load(path: Path, paths: dict[str, Path], result: FileResult) -> None:
-    # Bounded by the file's distinct visitors (about 100 bytes each), not by its lines.
-    touched: dict[int, set[str]] = defaultdict(set)
+    """Load a file in one transaction: its events, then its visitors' profiles.
+
+    Memory is bounded by the file (SPOOL_ROTATE_BYTES): two slices of lines at a time, and each
+    event once more as profiles read it (about 200 bytes).
+    """
+    events: FileEvents = defaultdict(dict)
+    # Visitors whose profiles must be read from the database, not only from this file.
+    recompute: dict[int, set[str]] = defaultdict(set)
     emails: dict[int, dict[str, str]] = defaultdict(dict)
     landings: dict[int, dict[str, tuple[str, datetime]]] = defaultdict(dict)
-    # Every client a closed file can name existed when it was written; one deleted since has
-    # its lines refused (or, deleted during the load, fails the slice and the file is retried).
-    known_clients = set(Client.objects.values_list("pk", flat=True))
     for_copy = connection.vendor == "postgresql"
+    # SQLite (the embedded default) has no COPY to check what the fast path leaves unchecked.
+    careful = not for_copy
     paths["dead"].mkdir(parents=True, exist_ok=True)
     dead_path = paths["dead"] / f"{path.name}.dead"
+
+    def read_and_parse(file, first_number: int) -> _Slice:
+        lines = list(islice(file, SLICE_LINES))
+        return _slice_parse(
+            lines, first_number, known_clients, events, careful=careful, for_copy=for_copy
+        )
+
     # Rewritten whole: a file loaded again after a crash yields the same dead lines, not twice.
     # Parsing the next slice (Python, holding the GIL) overlaps loading this one (PostgreSQL,
-    # the GIL let go): two slices in memory at most.
+    # the GIL let go): two slices in memory at most. One transaction for the file: a crash
+    # anywhere leaves nothing of it, and its profiles are written with its events.
     with (
         path.open("rb") as file,
         dead_path.open("wb") as dead_file,
         ThreadPoolExecutor(max_workers=1) as parser,
+        transaction.atomic(),
+        _gc_paused(),
     ):
-        upcoming = parser.submit(_slice_parse, file, 1, known_clients, for_copy=for_copy)
+        # Every client a closed file can name existed when it was written; one deleted since
+        # has its lines refused.
+        known_clients = _clients_hold()
+        upcoming = parser.submit(read_and_parse, file, 1)
         while (piece := upcoming.result()).lines:
-            first_number = result.lines + piece.lines + 1
-            upcoming = parser.submit(
-                _slice_parse, file, first_number, known_clients, for_copy=for_copy
-            )
+            upcoming = parser.submit(read_and_parse, file, piece.first_number + len(piece.lines))
+            try:
+                loaded = _slice_load(piece)
+            except DataError:
+                # PostgreSQL refused a value the fast path let through (a date that does not
+                # exist, an id that is not hex): read the slice again the careful way, which
+                # names the line. Its visitors' profiles are read from the database: the events
+                # the fast reading added to `events` may hold what is refused now.
+                logger.warning("a slice of %s needs the careful reading", path.name)
+                for client_id, visitor_ids in piece.visitors.items():
+                    recompute[client_id] |= visitor_ids
+                piece = _slice_parse(
+                    piece.lines,
+                    piece.first_number,
+                    known_clients,
+                    defaultdict(dict),
+                    careful=True,
+                    for_copy=for_copy,
+                )
+                loaded = _slice_load(piece)
+                loaded_all = False
+            else:
+                loaded_all = loaded == len(piece.records) + len(piece.email_records)
             for number, reason, line in piece.dead:
                 _dead_write(dead_file, number, reason, line)
-            result.lines += piece.lines
+            result.lines += len(piece.lines)
             result.bad_lines += len(piece.dead)
-            _slice_load(piece, result, touched, emails)
+            result.loaded += loaded
+            result.duplicates += len(piece.records) + len(piece.email_records) - loaded
+            for client_id, visitor_ids in piece.visitors.items():
+                if not loaded_all:
+                    # Some of its events were known already (a file loaded before, an event
+                    # sent twice): the profiles come from the database's events.
+                    recompute[client_id] |= visitor_ids
+            for client_id, given in piece.emails.items():
+                emails[client_id].update(given)
             for client_id, views in piece.landings.items():
                 landings[client_id].update(views)
-    # A visitor who landed from an email link joins its recipient, as if they gave the address.
-    for client_id, addresses in recipients_of_landings(landings=landings).items():
-        emails[client_id] = {**addresses, **emails[client_id]}
-    # Profiles once per file, after its events: a visitor in many slices is computed once.
-    # Ascending clients: with _visitors_lock's ascending buckets, one global lock order.
-    for client_id, visitor_ids in sorted(touched.items()):
-        if emails[client_id]:
-            with transaction.atomic():
+        # A visitor who landed from an email link joins its recipient, as if they gave the
+        # address.
+        for client_id, addresses in recipients_of_landings(landings=landings).items():
+            emails[client_id] = {**addresses, **emails[client_id]}
+        # Ascending clients: with the visitor locks' ascending buckets, one global lock order.
+        for client_id, by_visitor in sorted(events.items()):
+            if emails[client_id]:
                 joined = identities_stitch(client_id=client_id, emails=emails[client_id])
-                # In the same transaction: joined visitors are never left without a profile.
-                result.profiles += profiles_rebuild(client_id=client_id, visitor_ids=joined)
-        ordered = sorted(visitor_ids)
-        for start in range(0, len(ordered), PROFILES_PER_TRANSACTION):
-            with transaction.atomic():
-                result.profiles += profiles_rebuild(
-                    client_id=client_id,
-                    visitor_ids=set(ordered[start : start + PROFILES_PER_TRANSACTION]),
-                )
-    # Their profiles changed (or a crashed run left them to change now): rebuild their tables.
-    result.client_ids = {client_id for client_id, visitor_ids in touched.items() if visitor_ids}
+                recompute[client_id] |= joined
+            result.profiles += profiles_apply(
+                client_id=client_id, events=by_visitor, recompute=recompute[client_id]
+            )
+    # Their profiles changed: rebuild their tables.
+    result.client_ids = {client_id for client_id, by_visitor in events.items() if by_visitor}
 
 
-def _slice_load(
-    piece: _Slice,
-    result: FileResult,
-    touched: dict[int, set[str]],
-    emails: dict[int, dict[str, str]],
-) -> None:
+def _clients_hold() -> set[int]:
+    """The clients there are, each held until the file's transaction ends (FOR KEY SHARE): what
+    the events' foreign key constraint did for each event, done once (aggregation.apps
+    .client_loads_wait makes a client's deletion wait for the load)."""
+    if connection.vendor != "postgresql":
+        return set(Client.objects.values_list("pk", flat=True))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM coremetrics_client FOR KEY SHARE")
+        return {pk for (pk,) in cursor.fetchall()}
+
+
+@contextmanager
+def _gc_paused():
+    """No cyclic garbage collection while a file loads: its events (a few objects each, none in
+    a cycle) made the collector walk ever more objects, a third of the parsing time."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _slice_load(piece: _Slice) -> int:
     with transaction.atomic():
         loaded = events_load(records=piece.records, copy_text=piece.copy_text)
         loaded += email_activities_load(records=piece.email_records)
-    for client_id, visitor_ids in piece.visitors.items():
-        touched[client_id] |= visitor_ids
-    for client_id, given in piece.emails.items():
-        emails[client_id].update(given)
-    result.loaded += loaded
-    result.duplicates += len(piece.records) + len(piece.email_records) - loaded
+    return loaded
 
 
 def _dead_write(file, number: int, reason: str, line: bytes) -> None:
@@ -425,17 +525,19 @@ def _archive(path: Path, archive_dir: Path) -> None:
         raise
 
 
-def events_load(*, records: list[dict], copy_text: str | None = None) -> int:
+def events_load(*, records: list[SpoolLine], copy_text: str | None = None) -> int:
     """Insert records, skipping event ids already present; returns how many were new.
 
-    On PostgreSQL `copy_text` may bring the records already written for COPY
-    (events_copy_text), so that the caller can prepare it in another thread.
+    On PostgreSQL `copy_text` may bring the records already written for COPY (copy_row), so
+    that the caller can prepare it in another thread.
     """
     if not records:
         return 0
     if connection.vendor == "postgresql":
-        return _events_copy(copy_text if copy_text is not None else events_copy_text(records))
-    keys = {(record["client"], record["event_id"]) for record in records}
+        if copy_text is None:
+            copy_text = "".join(_copy_row_escaped(record) + "\n" for record in records)
+        return _events_copy(copy_text)
+    keys = {(record.client, record.event_id) for record in records}
     present = set()
     ids = sorted({event_id for _, event_id in keys})
     for start in range(0, len(ids), 500):
@@ -445,46 +547,73 @@ def events_load(*, records: list[dict], copy_text: str | None = None) -> int:
                 event_id__in=ids[start : start + 500]
             ).values_list("client_id", "event_id")
         }
-    new: dict[tuple, dict] = {}
+    new: dict[tuple, SpoolLine] = {}
     for record in records:  # one event id twice in a slice: the first one is kept
-        key = (record["client"], record["event_id"])
+        key = (record.client, record.event_id)
         if key not in present:
             new.setdefault(key, record)
     Event.objects.bulk_create(
-        [
-            Event(client_id=record["client"], **{k: v for k, v in record.items() if k != "client"})
-            for record in new.values()
-        ],
-        batch_size=500,
-        ignore_conflicts=True,
+        [_event_of(record) for record in new.values()], batch_size=500, ignore_conflicts=True
     )
     return len(new)
 
 
-def events_copy_text(records: list[dict]) -> str:
-    """The records as CSV for COPY into a table of EVENT_COLUMNS."""
-    buffer = io.StringIO()
-    # csv writes None as an empty field, which COPY reads as NULL (FORCE_NOT_NULL for text).
-    csv.writer(buffer).writerows(
-        (*_record_columns(record), _json(record["properties"])) for record in records
+def _event_of(record: SpoolLine) -> Event:
+    return Event(
+        client_id=record.client,
+        **{name: getattr(record, name) for name in EVENT_COLUMNS if name in TEXT_COLUMNS},
+        event_id=record.event_id,
+        occurred_at=datetime.fromisoformat(record.occurred_at),
+        received_at=datetime.fromisoformat(record.received_at),
+        content_id=record.content_id,
+        table_version=record.table_version,
+        value=None if record.value is None else Decimal(record.value),
+        properties=orjson.loads(bytes(record.properties)),
     )
-    return buffer.getvalue()
+
+
+def _copy_row(record: SpoolLine) -> str:
+    """The record as a line of COPY's text format, for a record of spool_line_decode's fast
+    path (no string in it holds a backslash, tab or newline)."""
+    r = record
+    return (
+        f"{r.event_id}\t{r.client}\t{r.type}\t{r.visitor_id}\t{r.session_id}\t"
+        f"{r.occurred_at}\t{r.received_at}\t{r.url}\t{r.referrer}\t{r.campaign_key}\t"
+        f"{r.placement_key}\t{_NULL if r.content_id is None else r.content_id}\t"
+        f"{_NULL if r.table_version is None else r.table_version}\t{r.product_id}\t"
+        f"{r.category}\t{r.order_id}\t{_NULL if r.value is None else r.value}\t"
+        f"{r.currency}\t{r.email}\t{bytes(r.properties).decode()}"
+    )
+
+
+def _copy_row_escaped(record: SpoolLine) -> str:
+    """The record as a line of COPY's text format, any string escaped."""
+    return "\t".join(
+        _NULL if value is None else str(value) if type(value) is int else _copy_escape(value)
+        for value in (
+            *_record_columns(record),
+            bytes(record.properties).decode(),
+        )
+    )
+
+
+_NULL = "\\N"
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_escape(text: str) -> str:
+    return text.translate(_COPY_ESCAPES)
 
 
 def _events_copy(copy_text: str) -> int:
     columns = ", ".join(EVENT_COLUMNS)
-    copy_options = f"(FORMAT csv, FORCE_NOT_NULL ({', '.join(TEXT_COLUMNS)}))"
     with connection.cursor() as cursor:
         # Almost always every event is new: COPY straight into the table. When one is not (a
         # file loaded again after a crash, an event sent twice), the unique index refuses the
         # COPY whole and the slice goes through a staging table that skips the known ids.
         try:
             with transaction.atomic():
-                _copy(
-                    cursor,
-                    f"COPY aggregation_event ({columns}) FROM STDIN {copy_options}",
-                    copy_text,
-                )
+                _copy(cursor, f"COPY aggregation_event ({columns}) FROM STDIN", copy_text)
             return cursor.rowcount
         except IntegrityError:
             pass
@@ -492,7 +621,7 @@ def _events_copy(copy_text: str) -> int:
             f"CREATE TEMP TABLE event_stage ON COMMIT DROP AS "
             f"SELECT {columns} FROM aggregation_event WITH NO DATA"
         )
-        _copy(cursor, f"COPY event_stage ({columns}) FROM STDIN {copy_options}", copy_text)
+        _copy(cursor, f"COPY event_stage ({columns}) FROM STDIN", copy_text)
         # A file can hold one event id twice (a retried batch inside one file): keep the first
         # received, as the SQLite path keeps the first in the file.
         cursor.execute(
@@ -510,16 +639,13 @@ def _copy(cursor, statement: str, copy_text: str) -> None:
     # In one read: each read needs the GIL, which the parsing thread holds for up to 5 ms at a
     # time (8 KB reads made the COPY of 1M events take 14 s instead of 3).
     # copy_expert is psycopg2's own: wrapped, its errors are Django's (IntegrityError above,
-    # OperationalError for quarantine's "no fault of the file").
+    # DataError for a value PostgreSQL refuses, OperationalError for quarantine's "no fault of
+    # the file").
     with connection.wrap_database_errors:
         cursor.copy_expert(statement, io.StringIO(copy_text), size=len(copy_text) + 1)
 
 
 # A record's columns in EVENT_COLUMNS order, but for the last (properties, JSON-encoded).
-_record_columns = itemgetter(
+_record_columns = attrgetter(
     *("client" if name == "client_id" else name for name in EVENT_COLUMNS[:-1])
 )
-
-
-def _json(value: object) -> str:
-    return orjson.dumps(value).decode()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import replace
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 import orjson
@@ -93,6 +93,73 @@ def profiles_rebuild(*, client_id: int, visitor_ids: set[str]) -> int:
         Profile.objects.filter(client_id=client_id, visitor_id__in=aliases).delete()
         written += len(profiles)
     return written
+
+
+def profiles_apply(
+    *, client_id: int, events: dict[str, list[EventRow]], recompute: set[str]
+) -> int:
+    """The profiles of visitors whose events were just loaded (in the loader's transaction).
+
+    A visitor seen for the first time (no profile, not joined to another visitor, none joined to
+    it, all its events new in `events`) is computed from the events in hand: nothing about it
+    is in the database to read. Every other one, and those in `recompute`, is recomputed from
+    all its events in the database (profiles_rebuild). Either way the profile is the one a
+    rebuild from the events gives (tests/aggregation/test_consolidation.py compares them).
+    """
+    if not events and not recompute:
+        return 0
+    now = timezone.now()
+    idle = timedelta(minutes=settings.SESSION_IDLE_MINUTES)
+    visitor_ids = [*events, *(recompute - events.keys())]
+    identities_lock(client_id, exclusive=False)
+    links = _links_of(client_id, visitor_ids)
+    # Every bucket this transaction needs, in one ascending sweep (profiles_rebuild's own lock
+    # below then takes nothing new), so that two loaders never wait on each other in a cycle.
+    _visitors_lock(client_id, [*visitor_ids, *links.values()])
+    known = recompute | links.keys() | set(_links_to(client_id, visitor_ids).values())
+    known |= _profiles_among(client_id, [v for v in events if v not in known])
+    fresh = [visitor_id for visitor_id in events if visitor_id not in known]
+    profiles = []
+    seen = []
+    for visitor_id in fresh:
+        rows = events[visitor_id]
+        totals = profile_totals(rows, now=now, idle=idle)
+        profiles.append(
+            Profile(client_id=client_id, visitor_id=visitor_id, **profile_finish(totals))
+        )
+        latest = max(rows, key=lambda row: (row.occurred_at, row.event_id))
+        seen.append(
+            VisitorSeen(
+                visitor_id=visitor_id,
+                first_seen_at=totals.first_seen_at,
+                last_seen_at=latest.occurred_at,
+                session_id=latest.session_id,
+            )
+        )
+    _profiles_upsert(profiles, computed_at=now)
+    visitors_upsert(client_id=client_id, visitors=seen)
+    rest = set(visitor_ids) - set(fresh)
+    return len(profiles) + (profiles_rebuild(client_id=client_id, visitor_ids=rest) if rest else 0)
+
+
+def _profiles_among(client_id: int, visitor_ids: list[str]) -> set[str]:
+    """Those of these visitors who have a profile."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT visitor_id FROM aggregation_profile "
+                "WHERE client_id = %s AND visitor_id = ANY(%s)",
+                [client_id, visitor_ids],
+            )
+            return {visitor_id for (visitor_id,) in cursor.fetchall()}
+    found: set[str] = set()
+    for start in range(0, len(visitor_ids), 500):
+        found.update(
+            Profile.objects.filter(
+                client_id=client_id, visitor_id__in=visitor_ids[start : start + 500]
+            ).values_list("visitor_id", flat=True)
+        )
+    return found
 
 
 def _totals_python(
@@ -286,23 +353,40 @@ def _totals_sql(
     return totals
 
 
-def _links_of(client_id: int, visitor_ids: set[str]) -> dict[str, str]:
-    return dict(
-        VisitorLink.objects.filter(client_id=client_id, visitor_id__in=visitor_ids).values_list(
-            "visitor_id", "canonical_id"
+def _links_of(client_id: int, visitor_ids: Collection[str]) -> dict[str, str]:
+    """alias -> canonical for those of these visitors joined to another."""
+    return _links(client_id, "visitor_id", visitor_ids)
+
+
+def _links_to(client_id: int, canonicals: Collection[str]) -> dict[str, str]:
+    """alias -> canonical for the visitors joined to these."""
+    return _links(client_id, "canonical_id", canonicals)
+
+
+def _links(client_id: int, column: str, visitor_ids: Collection[str]) -> dict[str, str]:
+    if not visitor_ids:
+        return {}
+    if connection.vendor == "postgresql":
+        # = ANY(array): one parameter, where IN (...) would be one per visitor (100,000).
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT visitor_id, canonical_id FROM aggregation_visitorlink "
+                f"WHERE client_id = %s AND {column} = ANY(%s)",
+                [client_id, list(visitor_ids)],
+            )
+            return dict(cursor.fetchall())
+    ordered = list(visitor_ids)
+    found: dict[str, str] = {}
+    for start in range(0, len(ordered), 500):
+        found.update(
+            VisitorLink.objects.filter(
+                client_id=client_id, **{f"{column}__in": ordered[start : start + 500]}
+            ).values_list("visitor_id", "canonical_id")
         )
-    )
+    return found
 
 
-def _links_to(client_id: int, canonicals: list[str]) -> dict[str, str]:
-    return dict(
-        VisitorLink.objects.filter(client_id=client_id, canonical_id__in=canonicals).values_list(
-            "visitor_id", "canonical_id"
-        )
-    )
-
-
-EVENT_ROW_FIELDS = list(EventRow.__dataclass_fields__)
+EVENT_ROW_FIELDS = list(EventRow._fields)
 
 
 def _events_of(client_id: int, visitor_ids: list[str]) -> dict[str, list[EventRow]]:
@@ -324,7 +408,7 @@ def _events_of(client_id: int, visitor_ids: list[str]) -> dict[str, list[EventRo
             row = EventRow(*values)
             # Django reads jsonb as text (it decodes JSON fields itself).
             if isinstance(row.properties, str):
-                row = replace(row, properties=orjson.loads(row.properties))
+                row = row._replace(properties=orjson.loads(row.properties))
             rows[visitor_id].append(row)
     return rows
 
