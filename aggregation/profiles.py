@@ -6,11 +6,11 @@ loading a file twice, or after a crash, yields the same profile.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from operator import itemgetter
 from typing import NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
@@ -90,6 +90,136 @@ class ProfileTotals:
     last_seen_at: datetime
 
 
+_first = itemgetter(0)
+
+
+class ProfileTally:
+    """profile_totals' rules applied one event at a time, the events in any order.
+
+    What a rule needs of the order is kept as a key (occurred_at, event id): the latest value
+    of an order id and the last email given win by it, the landing event is the least of them
+    that is not a delivery, custom properties are put in its order at the end. Consolidation
+    keeps one per visitor of a file while it parses (no list of events to keep and sort).
+    """
+
+    __slots__ = (
+        "cart_adds",
+        "cart_removes",
+        "categories",
+        "customs",
+        "email",
+        "email_key",
+        "first",
+        "landing",
+        "latest",
+        "latest_session_id",
+        "loose_orders",
+        "loose_sessions",
+        "orders",
+        "page_views",
+        "product_views",
+        "products",
+        "sessions",
+    )
+
+    def __init__(self) -> None:
+        self.page_views = self.product_views = self.cart_adds = self.cart_removes = 0
+        self.products: set[str] = set()
+        self.categories: dict[str, int] = {}
+        # order id -> (key, value); purchases without an order id are an order each.
+        self.orders: dict[str, tuple[tuple, Decimal]] = {}
+        self.loose_orders: list[Decimal] = []
+        # session id -> [cart added, bought, last event's time]; events without a session id
+        # are a session each.
+        self.sessions: dict[str, list] = {}
+        self.loose_sessions: list[list] = []
+        self.customs: list[tuple[tuple, dict]] = []
+        self.email = ""
+        self.email_key: tuple | None = None
+        self.landing: tuple | None = None  # (is a delivery, key, url, referrer)
+        self.first: tuple | None = None
+        self.latest: tuple | None = None
+        self.latest_session_id = ""
+
+    def add(self, row: EventRow) -> None:
+        at = row.occurred_at
+        key = (at, str(row.event_id))
+        kind = row.type
+        if self.first is None or key < self.first:
+            self.first = key
+        if self.latest is None or key > self.latest:
+            self.latest = key
+            self.latest_session_id = row.session_id
+        landing = self.landing
+        if landing is None or (kind == "delivery", key) < (landing[0], landing[1]):
+            self.landing = (kind == "delivery", key, row.url, row.referrer)
+        if kind == "page_view":
+            self.page_views += 1
+        elif kind == "product_view":
+            self.product_views += 1
+            if row.product_id:
+                self.products.add(row.product_id)
+        elif kind == "cart_add":
+            self.cart_adds += 1
+        elif kind == "cart_remove":
+            self.cart_removes += 1
+        elif kind == "purchase":
+            value = row.value or Decimal("0")
+            if not row.order_id:
+                self.loose_orders.append(value)
+            else:
+                known = self.orders.get(row.order_id)
+                if known is None or key > known[0]:
+                    self.orders[row.order_id] = (key, value)
+        elif kind == "custom" and row.properties:
+            self.customs.append((key, row.properties))
+        if row.category and (kind == "product_view" or kind == "category_view"):
+            self.categories[row.category] = self.categories.get(row.category, 0) + 1
+        if row.email and (self.email_key is None or key > self.email_key):
+            self.email = row.email
+            self.email_key = key
+        if row.session_id:
+            session = self.sessions.get(row.session_id)
+            if session is None:
+                self.sessions[row.session_id] = [kind == "cart_add", kind == "purchase", at]
+                return
+        else:
+            self.loose_sessions.append([kind == "cart_add", kind == "purchase", at])
+            return
+        if kind == "cart_add":
+            session[0] = True
+        elif kind == "purchase":
+            session[1] = True
+        if at > session[2]:
+            session[2] = at
+
+    def totals(self, *, now: datetime, idle: timedelta) -> ProfileTotals:
+        if self.first is None or self.latest is None or self.landing is None:
+            raise ValueError("a profile needs at least one event")
+        order_values = [value for _, value in self.orders.values()] + self.loose_orders
+        sessions = [*self.sessions.values(), *self.loose_sessions]
+        return ProfileTotals(
+            visits=len(sessions),
+            cart_abandonments=sum(
+                1 for cart, bought, last in sessions if cart and not bought and now - last > idle
+            ),
+            page_views=self.page_views,
+            product_views=self.product_views,
+            products_viewed=len(self.products),
+            cart_adds=self.cart_adds,
+            cart_removes=self.cart_removes,
+            purchases=len(order_values),
+            total_spent=sum(order_values, Decimal("0")),
+            categories=dict(self.categories),
+            email=self.email,
+            custom_properties=[properties for _, properties in sorted(self.customs, key=_first)],
+            landing_url=self.landing[2],
+            landing_referrer=self.landing[3],
+            first_seen_at=self.first[0],
+            last_seen_at=self.latest[0],
+        )
+
+
 def profile_totals(events: Iterable[EventRow], *, now: datetime, idle: timedelta) -> ProfileTotals:
     """The totals of one visitor's events (any order).
 
@@ -100,61 +230,10 @@ def profile_totals(events: Iterable[EventRow], *, now: datetime, idle: timedelta
     `now`; the landing event is the first one that is not a delivery (else the first); the
     email is the last one given.
     """
-    rows = sorted(events, key=lambda row: (row.occurred_at, str(row.event_id)))
-    if not rows:
-        raise ValueError("a profile needs at least one event")
-    counts = {"page_view": 0, "product_view": 0, "cart_add": 0, "cart_remove": 0}
-    orders: dict[str, Decimal] = {}
-    sessions: dict[str, dict] = {}
-    products: set[str] = set()
-    categories: Counter[str] = Counter()
-    custom_properties = []
-    email = ""
-    for index, row in enumerate(rows):
-        if row.type in counts:
-            counts[row.type] += 1
-        if row.type == "product_view" and row.product_id:
-            products.add(row.product_id)
-        if row.type in ("product_view", "category_view") and row.category:
-            categories[row.category] += 1
-        if row.type == "purchase":
-            # A purchase re-sent under a new event id still names the same order once.
-            orders[row.order_id or f"#{index}"] = row.value or Decimal("0")
-        if row.type == "custom" and row.properties:
-            custom_properties.append(row.properties)
-        if row.email:
-            email = row.email
-        session = sessions.setdefault(
-            row.session_id or f"#{index}", {"cart": False, "bought": False, "last": row}
-        )
-        session["cart"] |= row.type == "cart_add"
-        session["bought"] |= row.type == "purchase"
-        session["last"] = row
-    landing = next((row for row in rows if row.type != "delivery"), rows[0])
-    return ProfileTotals(
-        visits=len(sessions),
-        cart_abandonments=sum(
-            1
-            for session in sessions.values()
-            if session["cart"]
-            and not session["bought"]
-            and now - session["last"].occurred_at > idle
-        ),
-        page_views=counts["page_view"],
-        product_views=counts["product_view"],
-        products_viewed=len(products),
-        cart_adds=counts["cart_add"],
-        cart_removes=counts["cart_remove"],
-        purchases=len(orders),
-        total_spent=sum(orders.values(), Decimal("0")),
-        categories=dict(categories),
-        email=email,
-        custom_properties=custom_properties,
-        landing_url=landing.url,
-        landing_referrer=landing.referrer,
-        first_seen_at=rows[0].occurred_at,
-        last_seen_at=rows[-1].occurred_at,
-    )
+    tally = ProfileTally()
+    for row in events:
+        tally.add(row)
+    return tally.totals(now=now, idle=idle)
 
 
 def profile_finish(totals: ProfileTotals) -> dict:

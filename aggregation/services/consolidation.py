@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from aggregation import spool
 from aggregation.models import ConsolidationRun, Event
-from aggregation.profiles import EventRow
+from aggregation.profiles import EventRow, ProfileTally
 from aggregation.records import (
     EMAIL_TYPES,
     RecordError,
@@ -307,21 +307,22 @@ class _Slice:
 
 
 LANDING_MARK = f"{LANDING_PARAMETER}="
-# The events of a file as profiles read them: client -> visitor -> events.
-FileEvents = dict[int, dict[str, list[EventRow]]]
+# The profiles a file's events make by themselves: client -> visitor -> tally.
+FileTallies = dict[int, dict[str, ProfileTally]]
 
 
 def _slice_parse(
     lines: list[bytes],
     first_number: int,
     known_clients: set[int],
-    events: FileEvents,
+    tallies: FileTallies,
     *,
     careful: bool,
     for_copy: bool,
 ) -> _Slice:
     """Parse a slice of lines. No database: runs in a thread of its own while the previous
-    slice loads. Adds each event to `events` (which only this thread writes while it runs).
+    slice loads. Adds each event to its visitor's tally (`tallies` is only this thread's to
+    write while it runs).
 
     A line takes the fast path (spool_line_decode) unless `careful`: then every line is read
     by record_parse, whose refusals name the field.
@@ -366,11 +367,11 @@ def _slice_parse(
             orjson.loads(bytes(record.properties)) if kind == "custom" else None,
             record.event_id,
         )
-        by_visitor = events[client_id]
-        if visitor_id in by_visitor:
-            by_visitor[visitor_id].append(row)
-        else:
-            by_visitor[visitor_id] = [row]
+        by_visitor = tallies[client_id]
+        tally = by_visitor.get(visitor_id)
+        if tally is None:
+            tally = by_visitor[visitor_id] = ProfileTally()
+        tally.add(row)
         piece.visitors[client_id].add(visitor_id)
         if record.email:
             piece.emails[client_id][visitor_id] = record.email.lower()
@@ -385,10 +386,10 @@ def _slice_parse(
 def _file_load(path: Path, paths: dict[str, Path], result: FileResult) -> None:
     """Load a file in one transaction: its events, then its visitors' profiles.
 
-    Memory is bounded by the file (SPOOL_ROTATE_BYTES): two slices of lines at a time, and each
-    event once more as profiles read it (about 200 bytes).
+    Memory is bounded by the file (SPOOL_ROTATE_BYTES): two slices of lines at a time, and a
+    tally of each of its visitors.
     """
-    events: FileEvents = defaultdict(dict)
+    tallies: FileTallies = defaultdict(dict)
     # Visitors whose profiles must be read from the database, not only from this file.
     recompute: dict[int, set[str]] = defaultdict(set)
     emails: dict[int, dict[str, str]] = defaultdict(dict)
@@ -402,7 +403,7 @@ def _file_load(path: Path, paths: dict[str, Path], result: FileResult) -> None:
     def read_and_parse(file, first_number: int) -> _Slice:
         lines = list(islice(file, SLICE_LINES))
         return _slice_parse(
-            lines, first_number, known_clients, events, careful=careful, for_copy=for_copy
+            lines, first_number, known_clients, tallies, careful=careful, for_copy=for_copy
         )
 
     # Rewritten whole: a file loaded again after a crash yields the same dead lines, not twice.
@@ -427,8 +428,8 @@ def _file_load(path: Path, paths: dict[str, Path], result: FileResult) -> None:
             except DataError:
                 # PostgreSQL refused a value the fast path let through (a date that does not
                 # exist, an id that is not hex): read the slice again the careful way, which
-                # names the line. Its visitors' profiles are read from the database: the events
-                # the fast reading added to `events` may hold what is refused now.
+                # names the line. Its visitors' profiles are read from the database: the fast
+                # reading added to their tallies what may be refused now.
                 logger.warning("a slice of %s needs the careful reading", path.name)
                 for client_id, visitor_ids in piece.visitors.items():
                     recompute[client_id] |= visitor_ids
@@ -464,15 +465,15 @@ def _file_load(path: Path, paths: dict[str, Path], result: FileResult) -> None:
         for client_id, addresses in recipients_of_landings(landings=landings).items():
             emails[client_id] = {**addresses, **emails[client_id]}
         # Ascending clients: with the visitor locks' ascending buckets, one global lock order.
-        for client_id, by_visitor in sorted(events.items()):
+        for client_id, by_visitor in sorted(tallies.items()):
             if emails[client_id]:
                 joined = identities_stitch(client_id=client_id, emails=emails[client_id])
                 recompute[client_id] |= joined
             result.profiles += profiles_apply(
-                client_id=client_id, events=by_visitor, recompute=recompute[client_id]
+                client_id=client_id, tallies=by_visitor, recompute=recompute[client_id]
             )
     # Their profiles changed: rebuild their tables.
-    result.client_ids = {client_id for client_id, by_visitor in events.items() if by_visitor}
+    result.client_ids = {client_id for client_id, by_visitor in tallies.items() if by_visitor}
 
 
 def _clients_hold() -> set[int]:

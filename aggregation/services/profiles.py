@@ -15,7 +15,13 @@ from django.utils import timezone
 from psycopg2.extras import Json, execute_values
 
 from aggregation.models import Event, Profile, VisitorLink
-from aggregation.profiles import EventRow, ProfileTotals, profile_finish, profile_totals
+from aggregation.profiles import (
+    EventRow,
+    ProfileTally,
+    ProfileTotals,
+    profile_finish,
+    profile_totals,
+)
 from delivery.services import VisitorSeen, visitors_upsert
 
 logger = logging.getLogger(__name__)
@@ -95,45 +101,42 @@ def profiles_rebuild(*, client_id: int, visitor_ids: set[str]) -> int:
     return written
 
 
-def profiles_apply(
-    *, client_id: int, events: dict[str, list[EventRow]], recompute: set[str]
-) -> int:
+def profiles_apply(*, client_id: int, tallies: dict[str, ProfileTally], recompute: set[str]) -> int:
     """The profiles of visitors whose events were just loaded (in the loader's transaction).
 
     A visitor seen for the first time (no profile, not joined to another visitor, none joined to
-    it, all its events new in `events`) is computed from the events in hand: nothing about it
+    it, all its events new and in its tally) gets the profile its tally makes: nothing about it
     is in the database to read. Every other one, and those in `recompute`, is recomputed from
     all its events in the database (profiles_rebuild). Either way the profile is the one a
-    rebuild from the events gives (tests/aggregation/test_consolidation.py compares them).
+    rebuild from the events gives (tests/aggregation/test_profiles_rebuild.py compares them).
     """
-    if not events and not recompute:
+    if not tallies and not recompute:
         return 0
     now = timezone.now()
     idle = timedelta(minutes=settings.SESSION_IDLE_MINUTES)
-    visitor_ids = [*events, *(recompute - events.keys())]
+    visitor_ids = [*tallies, *(recompute - tallies.keys())]
     identities_lock(client_id, exclusive=False)
     links = _links_of(client_id, visitor_ids)
     # Every bucket this transaction needs, in one ascending sweep (profiles_rebuild's own lock
     # below then takes nothing new), so that two loaders never wait on each other in a cycle.
     _visitors_lock(client_id, [*visitor_ids, *links.values()])
     known = recompute | links.keys() | set(_links_to(client_id, visitor_ids).values())
-    known |= _profiles_among(client_id, [v for v in events if v not in known])
-    fresh = [visitor_id for visitor_id in events if visitor_id not in known]
+    known |= _profiles_among(client_id, [v for v in tallies if v not in known])
+    fresh = [visitor_id for visitor_id in tallies if visitor_id not in known]
     profiles = []
     seen = []
     for visitor_id in fresh:
-        rows = events[visitor_id]
-        totals = profile_totals(rows, now=now, idle=idle)
+        tally = tallies[visitor_id]
+        totals = tally.totals(now=now, idle=idle)
         profiles.append(
             Profile(client_id=client_id, visitor_id=visitor_id, **profile_finish(totals))
         )
-        latest = max(rows, key=lambda row: (row.occurred_at, row.event_id))
         seen.append(
             VisitorSeen(
                 visitor_id=visitor_id,
                 first_seen_at=totals.first_seen_at,
-                last_seen_at=latest.occurred_at,
-                session_id=latest.session_id,
+                last_seen_at=totals.last_seen_at,
+                session_id=tally.latest_session_id,
             )
         )
     _profiles_upsert(profiles, computed_at=now)
