@@ -96,6 +96,10 @@ class Profile(models.Model):
     first_seen_at = models.DateTimeField()
     last_seen_at = models.DateTimeField()
     updated_at = models.DateTimeField(auto_now=True)
+    # What the profile was finished from (aggregation.profiles.ProfileTally.state): the next
+    # consolidation adds its events to it instead of reading the visitor's history. Null when
+    # the visitor has too much history to keep (then it is recomputed from its events).
+    tally = models.JSONField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-last_seen_at"]

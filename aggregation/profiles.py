@@ -91,6 +91,9 @@ class ProfileTotals:
 
 
 _first = itemgetter(0)
+# A tally kept with its profile holds at most this many sessions, products, orders, categories,
+# attributes and cart adds; a visitor with more is recomputed from its events every time.
+MAX_TALLY_ENTRIES = 5_000
 
 
 class ProfileTally:
@@ -98,8 +101,11 @@ class ProfileTally:
 
     What a rule needs of the order is kept as a key (occurred_at, event id): the latest value
     of an order id and the last email given win by it, the landing event is the least of them
-    that is not a delivery, custom properties are put in its order at the end. Consolidation
-    keeps one per visitor of a file while it parses (no list of events to keep and sort).
+    that is not a delivery, custom properties are put in its order at the end.
+
+    Two tallies of disjoint events merge into the tally of all of them (merge), and a tally
+    is kept with its profile (state, from_state): consolidation adds a file's events to the
+    profile's tally instead of reading the visitor's history again.
     """
 
     __slots__ = (
@@ -113,8 +119,10 @@ class ProfileTally:
         "landing",
         "latest",
         "latest_session_id",
+        "loose_carts",
         "loose_orders",
         "loose_sessions",
+        "loose_total",
         "orders",
         "page_views",
         "product_views",
@@ -128,11 +136,14 @@ class ProfileTally:
         self.categories: dict[str, int] = {}
         # order id -> (key, value); purchases without an order id are an order each.
         self.orders: dict[str, tuple[tuple, Decimal]] = {}
-        self.loose_orders: list[Decimal] = []
-        # session id -> [cart added, bought, last event's time]; events without a session id
-        # are a session each.
+        self.loose_orders = 0
+        self.loose_total = Decimal("0")
+        # session id -> [cart added, bought, last event's time]. An event without a session id
+        # is a session of its own, abandoned once idle if it is a cart add: counted, and the
+        # times of those cart adds kept.
         self.sessions: dict[str, list] = {}
-        self.loose_sessions: list[list] = []
+        self.loose_sessions = 0
+        self.loose_carts: list[datetime] = []
         self.customs: list[tuple[tuple, dict]] = []
         self.email = ""
         self.email_key: tuple | None = None
@@ -140,6 +151,9 @@ class ProfileTally:
         self.first: tuple | None = None
         self.latest: tuple | None = None
         self.latest_session_id = ""
+
+    def __bool__(self) -> bool:
+        return self.first is not None
 
     def add(self, row: EventRow) -> None:
         at = row.occurred_at
@@ -166,7 +180,8 @@ class ProfileTally:
         elif kind == "purchase":
             value = row.value or Decimal("0")
             if not row.order_id:
-                self.loose_orders.append(value)
+                self.loose_orders += 1
+                self.loose_total += value
             else:
                 known = self.orders.get(row.order_id)
                 if known is None or key > known[0]:
@@ -178,13 +193,14 @@ class ProfileTally:
         if row.email and (self.email_key is None or key > self.email_key):
             self.email = row.email
             self.email_key = key
-        if row.session_id:
-            session = self.sessions.get(row.session_id)
-            if session is None:
-                self.sessions[row.session_id] = [kind == "cart_add", kind == "purchase", at]
-                return
-        else:
-            self.loose_sessions.append([kind == "cart_add", kind == "purchase", at])
+        if not row.session_id:
+            self.loose_sessions += 1
+            if kind == "cart_add":
+                self.loose_carts.append(at)
+            return
+        session = self.sessions.get(row.session_id)
+        if session is None:
+            self.sessions[row.session_id] = [kind == "cart_add", kind == "purchase", at]
             return
         if kind == "cart_add":
             session[0] = True
@@ -193,23 +209,69 @@ class ProfileTally:
         if at > session[2]:
             session[2] = at
 
+    def merge(self, other: ProfileTally) -> ProfileTally:
+        """Add another tally's events (none of them in this one) to this tally."""
+        if not other:
+            return self
+        if not self:
+            for name in self.__slots__:
+                setattr(self, name, getattr(other, name))
+            return self
+        assert self.first and other.first and self.latest and other.latest
+        assert self.landing and other.landing
+        self.page_views += other.page_views
+        self.product_views += other.product_views
+        self.cart_adds += other.cart_adds
+        self.cart_removes += other.cart_removes
+        self.products |= other.products
+        for category, views in other.categories.items():
+            self.categories[category] = self.categories.get(category, 0) + views
+        for order_id, (key, value) in other.orders.items():
+            known = self.orders.get(order_id)
+            if known is None or key > known[0]:
+                self.orders[order_id] = (key, value)
+        self.loose_orders += other.loose_orders
+        self.loose_total += other.loose_total
+        for session_id, (cart, bought, last) in other.sessions.items():
+            session = self.sessions.get(session_id)
+            if session is None:
+                self.sessions[session_id] = [cart, bought, last]
+            else:
+                session[0] |= cart
+                session[1] |= bought
+                session[2] = max(session[2], last)
+        self.loose_sessions += other.loose_sessions
+        self.loose_carts += other.loose_carts
+        self.customs += other.customs
+        if other.email_key is not None and (
+            self.email_key is None or other.email_key > self.email_key
+        ):
+            self.email, self.email_key = other.email, other.email_key
+        if other.landing[:2] < self.landing[:2]:
+            self.landing = other.landing
+        self.first = min(self.first, other.first)
+        if other.latest > self.latest:
+            self.latest, self.latest_session_id = other.latest, other.latest_session_id
+        return self
+
     def totals(self, *, now: datetime, idle: timedelta) -> ProfileTotals:
         if self.first is None or self.latest is None or self.landing is None:
             raise ValueError("a profile needs at least one event")
-        order_values = [value for _, value in self.orders.values()] + self.loose_orders
-        sessions = [*self.sessions.values(), *self.loose_sessions]
+        order_values = [value for _, value in self.orders.values()]
+        sessions = self.sessions.values()
         return ProfileTotals(
-            visits=len(sessions),
+            visits=len(self.sessions) + self.loose_sessions,
             cart_abandonments=sum(
                 1 for cart, bought, last in sessions if cart and not bought and now - last > idle
-            ),
+            )
+            + sum(1 for at in self.loose_carts if now - at > idle),
             page_views=self.page_views,
             product_views=self.product_views,
             products_viewed=len(self.products),
             cart_adds=self.cart_adds,
             cart_removes=self.cart_removes,
-            purchases=len(order_values),
-            total_spent=sum(order_values, Decimal("0")),
+            purchases=len(order_values) + self.loose_orders,
+            total_spent=sum(order_values, self.loose_total),
             categories=dict(self.categories),
             email=self.email,
             custom_properties=[properties for _, properties in sorted(self.customs, key=_first)],
@@ -218,6 +280,103 @@ class ProfileTally:
             first_seen_at=self.first[0],
             last_seen_at=self.latest[0],
         )
+
+    def state(self) -> dict | None:
+        """The tally as JSON, to keep with the profile; None when it holds more than
+        MAX_TALLY_ENTRIES entries (the profile is then recomputed from its events)."""
+        if self.first is None or self.latest is None or self.landing is None:
+            return None
+        # Custom properties by attribute: the value of the latest event that set it is all
+        # profile_finish keeps of them.
+        attributes: dict[str, tuple] = {}
+        for key, properties in self.customs:
+            for name, value in properties.items():
+                if name not in attributes or key > attributes[name][0]:
+                    attributes[name] = (key, value)
+        entries = (
+            len(self.sessions)
+            + len(self.products)
+            + len(self.orders)
+            + len(self.categories)
+            + len(attributes)
+            + len(self.loose_carts)
+        )
+        if entries > MAX_TALLY_ENTRIES:
+            return None
+        return {
+            "counts": [
+                self.page_views,
+                self.product_views,
+                self.cart_adds,
+                self.cart_removes,
+                self.loose_orders,
+                self.loose_sessions,
+            ],
+            "loose_total": str(self.loose_total),
+            "products": sorted(self.products),
+            "categories": self.categories,
+            "orders": {
+                order_id: [*_key_state(key), str(value)]
+                for order_id, (key, value) in self.orders.items()
+            },
+            "sessions": {
+                session_id: [cart, bought, last.isoformat()]
+                for session_id, (cart, bought, last) in self.sessions.items()
+            },
+            "loose_carts": [at.isoformat() for at in self.loose_carts],
+            "attributes": {
+                name: [*_key_state(key), value] for name, (key, value) in attributes.items()
+            },
+            "email": [self.email, *_key_state(self.email_key)] if self.email_key else None,
+            "landing": [self.landing[0], *_key_state(self.landing[1]), *self.landing[2:]],
+            "first": _key_state(self.first),
+            "latest": [*_key_state(self.latest), self.latest_session_id],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> ProfileTally:
+        tally = cls()
+        (
+            tally.page_views,
+            tally.product_views,
+            tally.cart_adds,
+            tally.cart_removes,
+            tally.loose_orders,
+            tally.loose_sessions,
+        ) = state["counts"]
+        tally.loose_total = Decimal(state["loose_total"])
+        tally.products = set(state["products"])
+        tally.categories = dict(state["categories"])
+        tally.orders = {
+            order_id: (_key_of(at, event_id), Decimal(value))
+            for order_id, (at, event_id, value) in state["orders"].items()
+        }
+        tally.sessions = {
+            session_id: [cart, bought, datetime.fromisoformat(last)]
+            for session_id, (cart, bought, last) in state["sessions"].items()
+        }
+        tally.loose_carts = [datetime.fromisoformat(at) for at in state["loose_carts"]]
+        tally.customs = [
+            (_key_of(at, event_id), {name: value})
+            for name, (at, event_id, value) in state["attributes"].items()
+        ]
+        if state["email"]:
+            email, at, event_id = state["email"]
+            tally.email, tally.email_key = email, _key_of(at, event_id)
+        is_delivery, at, event_id, url, referrer = state["landing"]
+        tally.landing = (is_delivery, _key_of(at, event_id), url, referrer)
+        tally.first = _key_of(*state["first"])
+        at, event_id, tally.latest_session_id = state["latest"]
+        tally.latest = _key_of(at, event_id)
+        return tally
+
+
+def _key_state(key: tuple) -> list:
+    return [key[0].isoformat(), key[1]]
+
+
+def _key_of(at: str, event_id: str) -> tuple:
+    return (datetime.fromisoformat(at), event_id)
 
 
 def profile_totals(events: Iterable[EventRow], *, now: datetime, idle: timedelta) -> ProfileTotals:

@@ -1,22 +1,24 @@
-"""The profile totals computed in PostgreSQL agree with profile_totals in Python (A5).
+"""Profiles from tallies agree with profile_totals over all the events (A5).
 
-Consolidation computes profiles in SQL; the pure Python rules (aggregation/profiles.py) are the
-specification, and the SQLite path. Hypothesis draws event histories full of ties (same instant,
-same order id, sessions left empty) and both must give the same totals.
+Consolidation keeps a tally with each profile and adds each file's events to it; a rebuild
+reads every event back. Hypothesis draws event histories full of ties (same instant, same order
+id, sessions left empty), cuts them into parts loaded in any order, and every way must give the
+profile of all the events at once.
 """
 
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregation.models import Event
-from aggregation.profiles import EventRow, profile_totals
+from aggregation.models import Event, Profile, VisitorLink
+from aggregation.profiles import EventRow, ProfileTally, profile_finish, profile_totals
 from aggregation.records import RECORD_TYPES
-from aggregation.services.profiles import _totals_sql
+from aggregation.services.profiles import profiles_rebuild
 from delivery.models import Visitor
 from tests.factories import ClientFactory
 
@@ -58,7 +60,7 @@ events_strategy = st.fixed_dictionaries(
     linked=st.booleans(),
     now_minute=st.sampled_from([60, 100, 200]),
 )
-def test_sql_totals_equal_python_totals(drawn, linked, now_minute):
+def test_a_rebuild_from_the_database_equals_python_totals(drawn, linked, now_minute):
     client = ClientFactory()
     events = [
         Event(
@@ -83,22 +85,77 @@ def test_sql_totals_equal_python_totals(drawn, linked, now_minute):
     Event.objects.bulk_create(events)
     # v2 joined to v1 (one profile of both) or each a profile of its own.
     batch = {"v1": {"v1", "v2"}, "v3": {"v3"}} if linked else {v: {v} for v in ("v1", "v2", "v3")}
+    if linked:
+        VisitorLink.objects.create(
+            client=client, visitor_id="v2", canonical_id="v1", email="ann@example.com"
+        )
     now = START + timedelta(minutes=now_minute)
 
-    totals = _totals_sql(client.pk, batch, now=now, idle=IDLE)
+    with mock.patch("django.utils.timezone.now", return_value=now):
+        profiles_rebuild(client_id=client.pk, visitor_ids={"v1", "v2", "v3"})
 
     expected = {}
     for canonical, members in batch.items():
         rows = [_row(event) for event in events if event.visitor_id in members]
         if rows:
-            expected[canonical] = profile_totals(rows, now=now, idle=IDLE)
-    assert totals == expected
-    # The visitor rows of every member seen, written by the same statement.
+            expected[canonical] = profile_finish(profile_totals(rows, now=now, idle=IDLE))
+    fields = list(next(iter(expected.values())))
+    written = {
+        profile["visitor_id"]: {name: profile[name] for name in fields}
+        for profile in Profile.objects.filter(client=client).values("visitor_id", *fields)
+    }
+    assert written == expected
+    # The visitor rows of every member seen, each from its own events.
     seen = {event.visitor_id for event in events}
     assert set(Visitor.objects.filter(client=client).values_list("visitor_id", "last_seen_at")) == {
         (member, max(e.occurred_at for e in events if e.visitor_id == member)) for member in seen
     }
     client.delete()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    drawn=st.lists(events_strategy, min_size=1, max_size=30),
+    cuts=st.lists(st.integers(min_value=0, max_value=3), min_size=30, max_size=30),
+    now_minute=st.sampled_from([60, 100, 200]),
+)
+def test_tallies_of_parts_merged_through_their_state_equal_the_tally_of_all(
+    drawn, cuts, now_minute
+):
+    """Events cut into up to four parts (each a file's events of one visitor), tallied, kept
+    (state and back) and merged in any order: the profile of all the events at once."""
+    rows = [
+        EventRow(
+            type=item["type"],
+            session_id=item["session_id"],
+            occurred_at=START + timedelta(minutes=item["minute"]),
+            url=item["url"],
+            referrer=item["referrer"],
+            order_id=item["order_id"],
+            value=item["value"],
+            email=item["email"],
+            product_id=item["product_id"],
+            category=item["category"],
+            properties=item["properties"] or None,
+            event_id=str(uuid.UUID(int=index + 1)),
+        )
+        for index, item in enumerate(drawn)
+    ]
+    now = START + timedelta(minutes=now_minute)
+    parts: dict[int, ProfileTally] = {}
+    for row, part in zip(rows, cuts, strict=False):
+        parts.setdefault(part, ProfileTally()).add(row)
+
+    kept = ProfileTally()
+    for part in sorted(parts, reverse=True):  # later parts first: events out of order
+        state = kept.state()
+        kept = (ProfileTally.from_state(state) if state else ProfileTally()).merge(parts[part])
+
+    expected = profile_finish(profile_totals(rows, now=now, idle=IDLE))
+    assert profile_finish(kept.totals(now=now, idle=IDLE)) == expected
+    assert profile_finish(ProfileTally.from_state(kept.state()).totals(now=now, idle=IDLE)) == (
+        expected
+    )
 
 
 def _row(event: Event) -> EventRow:
