@@ -208,6 +208,8 @@ SPOOL_DIR = Path(env("SPOOL_DIR", default=str(DATA_DIR / "spool")))
 SPOOL_ROTATE_SECONDS = env.int("SPOOL_ROTATE_SECONDS", default=60)
 SPOOL_ROTATE_BYTES = env.int("SPOOL_ROTATE_BYTES", default=64 * 1024 * 1024)
 ARCHIVE_KEEP_DAYS = env.int("ARCHIVE_KEEP_DAYS", default=30)
+# Spool files a consolidation loads at once on PostgreSQL (each a thread and a connection).
+CONSOLIDATION_WORKERS = env.int("CONSOLIDATION_WORKERS", default=2)
 COLLECT_MAX_BYTES = env.int("COLLECT_MAX_BYTES", default=40 * 1024)
 COLLECT_MAX_EVENTS = env.int("COLLECT_MAX_EVENTS", default=100)
 # Events per second one client may send to one web process, and how many seconds of that rate

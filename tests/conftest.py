@@ -31,6 +31,9 @@ def isolated_storage(settings, tmp_path):
     settings.DELIVERY_REFRESH_SECONDS = 0
     # Hashing cost is not under test; the default hasher costs ~0.3 s per user made.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # A test's rows are in its own transaction, which other threads' connections cannot see;
+    # tests of parallel loading commit theirs (test_consolidation_parallel.py).
+    settings.CONSOLIDATION_WORKERS = 1
     if settings.REDIS_URL:
         import redis
 

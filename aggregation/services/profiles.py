@@ -338,7 +338,7 @@ def _profiles_upsert(profiles: list[Profile], *, computed_at: datetime) -> None:
         [
             computed_at
             if name == "updated_at"
-            else Json(getattr(profile, name))
+            else Json(getattr(profile, name), dumps=_json_text)
             if name in json_columns
             else getattr(profile, name)
             for name in columns
@@ -354,6 +354,10 @@ def _profiles_upsert(profiles: list[Profile], *, computed_at: datetime) -> None:
             values,
             page_size=1000,
         )
+
+
+def _json_text(value: object) -> str:
+    return orjson.dumps(value).decode()
 
 
 PROFILE_FIELDS = [

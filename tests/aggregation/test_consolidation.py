@@ -1,4 +1,3 @@
-import gzip
 import json
 import os
 import uuid
@@ -6,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
+import zstandard
 from django.conf import settings as django_settings
 from django.db.models import F
 from django.urls import reverse
@@ -100,8 +100,8 @@ def test_consolidation_loads_archives_and_builds_profiles(shopper):
     assert (visitor.first_seen_at, visitor.last_seen_at) == (START, START + timedelta(minutes=3))
     paths = spool_paths()
     assert list(paths["closed"].iterdir()) == []
-    [archive] = paths["archive"].glob("*.jsonl.gz")
-    archived = [json.loads(line) for line in gzip.decompress(archive.read_bytes()).splitlines()]
+    [archive] = paths["archive"].glob("*.jsonl.zst")
+    archived = [json.loads(line) for line in _unzstd(archive).splitlines()]
     assert [record["event_id"] for record in archived] == [r["event_id"] for r in records]
 
 
@@ -110,8 +110,8 @@ def test_running_again_on_the_same_file_changes_nothing(shopper):
     spool_append(records)
     spool_consolidate()
     paths = spool_paths()
-    [archive] = paths["archive"].glob("*.jsonl.gz")
-    (paths["closed"] / "again.jsonl").write_bytes(gzip.decompress(archive.read_bytes()))
+    [archive] = paths["archive"].glob("*.jsonl.zst")
+    (paths["closed"] / "again.jsonl").write_bytes(_unzstd(archive))
 
     run = spool_consolidate()
 
@@ -292,7 +292,12 @@ def test_archives_older_than_the_keep_time_and_leftovers_are_pruned(settings):
     archive = spool_paths()["archive"]
     archive.mkdir(parents=True)
     now = datetime.now(UTC)
-    for name, age_days in [("old.jsonl.gz", 31), ("recent.jsonl.gz", 29), (".x.tmp", 0)]:
+    for name, age_days in [
+        ("old.jsonl.zst", 31),
+        ("recent.jsonl.zst", 29),
+        ("older-gzip.jsonl.gz", 40),
+        (".x.tmp", 0),
+    ]:
         path = archive / name
         path.write_bytes(b"")
         stamp = (now - timedelta(days=age_days)).timestamp()
@@ -300,8 +305,8 @@ def test_archives_older_than_the_keep_time_and_leftovers_are_pruned(settings):
 
     pruned = services.archives_prune(now=now)
 
-    assert pruned == 1
-    assert sorted(path.name for path in archive.iterdir()) == ["recent.jsonl.gz"]
+    assert pruned == 2
+    assert sorted(path.name for path in archive.iterdir()) == ["recent.jsonl.zst"]
 
 
 def test_dead_letters_page_lists_and_serves_files_to_superusers_only(client, shopper, superuser):
@@ -392,3 +397,8 @@ def test_a_database_outage_never_sends_a_file_to_quarantine(shopper, monkeypatch
     assert {run.status for run in runs} == {"failed"}
     assert list(spool_paths()["quarantine"].glob("*")) == []
     assert spool_consolidate().loaded == 4
+
+
+def _unzstd(path) -> bytes:
+    with path.open("rb") as file:
+        return zstandard.ZstdDecompressor().stream_reader(file).read()

@@ -100,7 +100,7 @@ def test_killed_loader_rerun_loads_every_event_exactly_once(settings):
     assert kills >= 3
     assert Event.objects.filter(client=client).count() == files * per_file
     assert list(closed.glob("*.jsonl")) == []
-    assert len(list(spool_paths()["archive"].glob("*.jsonl.gz"))) == files
+    assert len(list(spool_paths()["archive"].glob("*.jsonl.zst"))) == files
     # Profiles equal a fresh computation from the events.
     loaded = {
         p.visitor_id: (p.visits, p.page_views, p.purchases, p.total_spent)

@@ -1,0 +1,67 @@
+"""Files loaded side by side (CONSOLIDATION_WORKERS) count every event once and make the
+profiles a rebuild from the events makes (A3, A5)."""
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+from aggregation.models import Event, Profile
+from aggregation.services import spool_consolidate
+from aggregation.spool import SpoolWriter, spool_paths
+from delivery.identity import visitor_id_issue
+from delivery.models import Visitor
+from tests.aggregation.test_profiles_rebuild import _event, _snapshot
+from tests.factories import ClientFactory
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="parallel loads: PostgreSQL"),
+]
+START = datetime(2026, 9, 1, tzinfo=UTC)
+
+
+def test_files_loaded_side_by_side_equal_a_rebuild(settings):
+    settings.CONSOLIDATION_WORKERS = 2
+    rng = random.Random(8)
+    clients = [ClientFactory(), ClientFactory()]
+    visitors = [visitor_id_issue() for _ in range(40)]
+    sent = 0
+    resent = None
+    # Six files, the same visitors in all of them (so two loads meet on their profiles), the
+    # events of each out of time order. One event sent twice, in two files.
+    for number in range(6):
+        records = [
+            _event(
+                rng,
+                rng.choice(clients).pk,
+                rng.choice(visitors),
+                START + timedelta(minutes=rng.randrange(9000)),
+            )
+            for _ in range(300)
+        ]
+        sent += len(records)
+        if number == 1:
+            resent = records[0]
+        if number == 4:
+            records.append(resent)
+        writer = SpoolWriter(settings.SPOOL_DIR, 1 << 30, 3600)
+        writer.append(records)
+        writer.close()
+    assert len(list(spool_paths()["closed"].glob("*.jsonl"))) == 6
+
+    run = spool_consolidate()
+
+    assert (run.status, run.error, run.files) == ("done", "", 6)
+    assert (run.loaded, run.duplicates) == (sent, 1)
+    assert Event.objects.count() == sent
+    incremental = {client.pk: _snapshot(client) for client in clients}
+    seen = set(Visitor.objects.values_list("client_id", "visitor_id", "last_seen_at"))
+    Profile.objects.all().delete()
+    for client in clients:
+        call_command("rebuild_profiles", client=client.pk)
+    assert {client.pk: _snapshot(client) for client in clients} == incremental
+    assert set(Visitor.objects.values_list("client_id", "visitor_id", "last_seen_at")) == seen
+    assert sum(len(profiles) for profiles in incremental.values()) > 40
