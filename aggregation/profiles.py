@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from operator import itemgetter
 from typing import NamedTuple
@@ -26,7 +26,9 @@ class EventRow(NamedTuple):
 
     type: str
     session_id: str
-    occurred_at: datetime
+    # A datetime, or its text in UTC as datetime.isoformat writes it (how spool lines carry it;
+    # such texts sort as their times do).
+    occurred_at: datetime | str
     url: str = ""
     referrer: str = ""
     order_id: str = ""
@@ -99,7 +101,8 @@ MAX_TALLY_ENTRIES = 5_000
 class ProfileTally:
     """profile_totals' rules applied one event at a time, the events in any order.
 
-    What a rule needs of the order is kept as a key (occurred_at, event id): the latest value
+    What a rule needs of the order is kept as a key (time, event id), the time as UTC ISO 8601
+    text (utc_text: such texts sort as their times do): the latest value
     of an order id and the last email given win by it, the landing event is the least of them
     that is not a delivery, custom properties are put in its order at the end.
 
@@ -143,7 +146,7 @@ class ProfileTally:
         # times of those cart adds kept.
         self.sessions: dict[str, list] = {}
         self.loose_sessions = 0
-        self.loose_carts: list[datetime] = []
+        self.loose_carts: list[str] = []
         self.customs: list[tuple[tuple, dict]] = []
         self.email = ""
         self.email_key: tuple | None = None
@@ -157,6 +160,8 @@ class ProfileTally:
 
     def add(self, row: EventRow) -> None:
         at = row.occurred_at
+        if not isinstance(at, str):
+            at = utc_text(at)
         key = (at, str(row.event_id))
         kind = row.type
         if self.first is None or key < self.first:
@@ -259,12 +264,14 @@ class ProfileTally:
             raise ValueError("a profile needs at least one event")
         order_values = [value for _, value in self.orders.values()]
         sessions = self.sessions.values()
+        # Ended (idle longer than `idle`) before now: last event earlier than now - idle.
+        ended_before = utc_text(now - idle)
         return ProfileTotals(
             visits=len(self.sessions) + self.loose_sessions,
             cart_abandonments=sum(
-                1 for cart, bought, last in sessions if cart and not bought and now - last > idle
+                1 for cart, bought, last in sessions if cart and not bought and last < ended_before
             )
-            + sum(1 for at in self.loose_carts if now - at > idle),
+            + sum(1 for at in self.loose_carts if at < ended_before),
             page_views=self.page_views,
             product_views=self.product_views,
             products_viewed=len(self.products),
@@ -277,8 +284,8 @@ class ProfileTally:
             custom_properties=[properties for _, properties in sorted(self.customs, key=_first)],
             landing_url=self.landing[2],
             landing_referrer=self.landing[3],
-            first_seen_at=self.first[0],
-            last_seen_at=self.latest[0],
+            first_seen_at=datetime.fromisoformat(self.first[0]),
+            last_seen_at=datetime.fromisoformat(self.latest[0]),
         )
 
     def state(self) -> dict | None:
@@ -316,21 +323,15 @@ class ProfileTally:
             "products": sorted(self.products),
             "categories": self.categories,
             "orders": {
-                order_id: [*_key_state(key), str(value)]
-                for order_id, (key, value) in self.orders.items()
+                order_id: [*key, str(value)] for order_id, (key, value) in self.orders.items()
             },
-            "sessions": {
-                session_id: [cart, bought, last.isoformat()]
-                for session_id, (cart, bought, last) in self.sessions.items()
-            },
-            "loose_carts": [at.isoformat() for at in self.loose_carts],
-            "attributes": {
-                name: [*_key_state(key), value] for name, (key, value) in attributes.items()
-            },
-            "email": [self.email, *_key_state(self.email_key)] if self.email_key else None,
-            "landing": [self.landing[0], *_key_state(self.landing[1]), *self.landing[2:]],
-            "first": _key_state(self.first),
-            "latest": [*_key_state(self.latest), self.latest_session_id],
+            "sessions": self.sessions,
+            "loose_carts": self.loose_carts,
+            "attributes": {name: [*key, value] for name, (key, value) in attributes.items()},
+            "email": [self.email, *self.email_key] if self.email_key else None,
+            "landing": [self.landing[0], *self.landing[1], *self.landing[2:]],
+            "first": self.first,
+            "latest": [*self.latest, self.latest_session_id],
         }
 
     @classmethod
@@ -348,35 +349,41 @@ class ProfileTally:
         tally.products = set(state["products"])
         tally.categories = dict(state["categories"])
         tally.orders = {
-            order_id: (_key_of(at, event_id), Decimal(value))
+            order_id: ((at, event_id), Decimal(value))
             for order_id, (at, event_id, value) in state["orders"].items()
         }
-        tally.sessions = {
-            session_id: [cart, bought, datetime.fromisoformat(last)]
-            for session_id, (cart, bought, last) in state["sessions"].items()
-        }
-        tally.loose_carts = [datetime.fromisoformat(at) for at in state["loose_carts"]]
+        tally.sessions = state["sessions"]
+        tally.loose_carts = state["loose_carts"]
         tally.customs = [
-            (_key_of(at, event_id), {name: value})
+            ((at, event_id), {name: value})
             for name, (at, event_id, value) in state["attributes"].items()
         ]
         if state["email"]:
             email, at, event_id = state["email"]
-            tally.email, tally.email_key = email, _key_of(at, event_id)
+            tally.email, tally.email_key = email, (at, event_id)
         is_delivery, at, event_id, url, referrer = state["landing"]
-        tally.landing = (is_delivery, _key_of(at, event_id), url, referrer)
-        tally.first = _key_of(*state["first"])
+        tally.landing = (is_delivery, (at, event_id), url, referrer)
+        tally.first = tuple(state["first"])
         at, event_id, tally.latest_session_id = state["latest"]
-        tally.latest = _key_of(at, event_id)
+        tally.latest = (at, event_id)
         return tally
 
+    @property
+    def first_seen_at(self) -> datetime:
+        assert self.first is not None
+        return datetime.fromisoformat(self.first[0])
 
-def _key_state(key: tuple) -> list:
-    return [key[0].isoformat(), key[1]]
+    @property
+    def last_seen_at(self) -> datetime:
+        assert self.latest is not None
+        return datetime.fromisoformat(self.latest[0])
 
 
-def _key_of(at: str, event_id: str) -> tuple:
-    return (datetime.fromisoformat(at), event_id)
+def utc_text(moment: datetime) -> str:
+    """A time as the spool's writers write it: UTC, ISO 8601, microseconds only when there are
+    some. Such texts sort as their times do (same length but for the fraction, and "+" sorts
+    before ".")."""
+    return moment.astimezone(UTC).isoformat()
 
 
 def profile_totals(events: Iterable[EventRow], *, now: datetime, idle: timedelta) -> ProfileTotals:

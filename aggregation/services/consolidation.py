@@ -380,12 +380,11 @@ def _slice_parse(
         if for_copy:
             rows.append(_copy_row_escaped(record) if escaped else _copy_row(record))
         visitor_id = record.visitor_id
-        occurred_at = datetime.fromisoformat(record.occurred_at)
         value = record.value
         row = EventRow(
             kind,
             record.session_id,
-            occurred_at,
+            record.occurred_at,
             record.url,
             record.referrer,
             record.order_id,
@@ -393,7 +392,7 @@ def _slice_parse(
             record.email,
             record.product_id,
             record.category,
-            orjson.loads(bytes(record.properties)) if kind == "custom" else None,
+            record.properties if kind == "custom" else None,
             record.event_id,
         )
         by_visitor = tallies[client_id]
@@ -405,7 +404,10 @@ def _slice_parse(
         if record.email:
             piece.emails[client_id][visitor_id] = record.email.lower()
         if kind == "page_view" and LANDING_MARK in record.url:
-            piece.landings[client_id][visitor_id] = (record.url, occurred_at)
+            piece.landings[client_id][visitor_id] = (
+                record.url,
+                datetime.fromisoformat(record.occurred_at),
+            )
     if for_copy:
         rows.append("")
         piece.copy_text = "\n".join(rows)
@@ -594,13 +596,14 @@ def _event_of(record: SpoolLine) -> Event:
         content_id=record.content_id,
         table_version=record.table_version,
         value=None if record.value is None else Decimal(record.value),
-        properties=orjson.loads(bytes(record.properties)),
+        properties=record.properties,
     )
 
 
 def _copy_row(record: SpoolLine) -> str:
     """The record as a line of COPY's text format, for a record of spool_line_decode's fast
-    path (no string in it holds a backslash, tab or newline)."""
+    path (no string in it, nor in its properties, holds a backslash, tab or newline: JSON would
+    have escaped them)."""
     r = record
     return (
         f"{r.event_id}\t{r.client}\t{r.type}\t{r.visitor_id}\t{r.session_id}\t"
@@ -608,7 +611,7 @@ def _copy_row(record: SpoolLine) -> str:
         f"{r.placement_key}\t{_NULL if r.content_id is None else r.content_id}\t"
         f"{_NULL if r.table_version is None else r.table_version}\t{r.product_id}\t"
         f"{r.category}\t{r.order_id}\t{_NULL if r.value is None else r.value}\t"
-        f"{r.currency}\t{r.email}\t{bytes(r.properties).decode()}"
+        f"{r.currency}\t{r.email}\t{_json(r.properties) if r.properties else '{}'}"
     )
 
 
@@ -618,7 +621,7 @@ def _copy_row_escaped(record: SpoolLine) -> str:
         _NULL if value is None else str(value) if type(value) is int else _copy_escape(value)
         for value in (
             *_record_columns(record),
-            bytes(record.properties).decode(),
+            _json(record.properties),
         )
     )
 
@@ -675,3 +678,7 @@ def _copy(cursor, statement: str, copy_text: str) -> None:
 _record_columns = attrgetter(
     *("client" if name == "client_id" else name for name in EVENT_COLUMNS[:-1])
 )
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()

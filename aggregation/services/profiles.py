@@ -134,8 +134,8 @@ def profiles_apply(*, client_id: int, tallies: dict[str, ProfileTally], recomput
         visitors=[
             VisitorSeen(
                 visitor_id=visitor_id,
-                first_seen_at=tally.first[0],
-                last_seen_at=tally.latest[0],
+                first_seen_at=tally.first_seen_at,
+                last_seen_at=tally.last_seen_at,
                 session_id=tally.latest_session_id,
             )
             for visitor_id, tally in merged.items()
@@ -230,8 +230,8 @@ def _tallies_read(
     seen = [
         VisitorSeen(
             visitor_id=visitor_id,
-            first_seen_at=tally.first[0],
-            last_seen_at=tally.latest[0],
+            first_seen_at=tally.first_seen_at,
+            last_seen_at=tally.last_seen_at,
             session_id=tally.latest_session_id,
         )
         for visitor_id, tally in [
