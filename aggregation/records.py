@@ -366,7 +366,10 @@ def record_parse(line: bytes) -> dict:
             moment = datetime.fromisoformat(record[name])
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=UTC)
-            record[name] = moment
+            try:
+                record[name] = moment.astimezone(UTC)
+            except OverflowError:
+                raise RecordError(f"{name} is out of range in UTC") from None
         for name, limit in TEXT_LIMITS.items():
             text = record[name]
             if type(text) is not str or len(text) > limit:
@@ -433,14 +436,14 @@ _RECORD_TYPE_SET = frozenset(RECORD_TYPES)
 _VALUE_RE = re.compile(r"\d{1,12}\.\d\d")
 
 
-def _is_utc_moment(text: str) -> bool:
-    # datetime.isoformat of a UTC time: microseconds only when there are some (profiles.utc_text:
-    # one text for one time, as the loader compares them as text).
-    return (
-        (len(text) == 25 or (len(text) == 32 and text[20:26] != "000000"))
-        and text[10] == "T"
-        and text[-6:] == "+00:00"
-    )
+# A UTC time as datetime.isoformat writes it (profiles.utc_text): microseconds only when there
+# are some, so one time has one text, and texts sort as their times do. The date is checked
+# by PostgreSQL (a 30th of February fails the COPY, and the slice is read the careful way).
+_UTC_TEXT_RE = re.compile(
+    r"(?!0000)[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(?:\.(?!000000)[0-9]{6})?\+00:00"
+)
+_is_utc_text = _UTC_TEXT_RE.fullmatch
 
 
 def spool_line_decode(line: bytes) -> SpoolLine | None:
@@ -456,7 +459,7 @@ def spool_line_decode(line: bytes) -> SpoolLine | None:
         return None
     try:
         record = _line_decoder.decode(line)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
     event_id = record.event_id
     if not (
@@ -464,8 +467,8 @@ def spool_line_decode(line: bytes) -> SpoolLine | None:
         and event_id[8] == event_id[13] == event_id[18] == event_id[23] == "-"
         and event_id.islower()
         and record.type in _RECORD_TYPE_SET
-        and _is_utc_moment(record.occurred_at)
-        and _is_utc_moment(record.received_at)
+        and _is_utc_text(record.occurred_at)
+        and _is_utc_text(record.received_at)
         and (record.value is None or _VALUE_RE.fullmatch(record.value))
     ):
         return None
@@ -473,8 +476,8 @@ def spool_line_decode(line: bytes) -> SpoolLine | None:
 
 
 def spool_line_of(record: dict) -> SpoolLine:
-    """record_parse's record as a SpoolLine (times in UTC, the value rounded as PostgreSQL's
-    numeric(14, 2) rounds it)."""
+    """record_parse's record (its times in UTC) as a SpoolLine, the value rounded as
+    PostgreSQL's numeric(14, 2) rounds it."""
     value = record["value"]
     return SpoolLine(
         event_id=record["event_id"],
@@ -482,8 +485,8 @@ def spool_line_of(record: dict) -> SpoolLine:
         type=record["type"],
         visitor_id=record["visitor_id"],
         session_id=record["session_id"],
-        occurred_at=record["occurred_at"].astimezone(UTC).isoformat(),
-        received_at=record["received_at"].astimezone(UTC).isoformat(),
+        occurred_at=record["occurred_at"].isoformat(),
+        received_at=record["received_at"].isoformat(),
         url=record["url"],
         referrer=record["referrer"],
         campaign_key=record["campaign_key"],

@@ -6,11 +6,15 @@
 Stages, each timed on its own:
 1. collect: a gunicorn server (2 sync workers, as in production) on loopback takes batches of
    100 events from 4 keep-alive client threads in this process;
-2. consolidation: one `spool_consolidate()` in this process (COPY into a staging table, insert
-   ignoring known event ids, profiles of the touched visitors recomputed);
-3. the profiles alone: `profiles_rebuild_all()` over the same events.
-It ends with one JSON line: collect_events_per_s, consolidate_events_per_s, profiles_per_s,
-peak_rss_mb (the largest resident size of this process, which runs the consolidation).
+2. consolidation: one `spool_consolidate()` in this process (files loaded two at a time, each
+   by COPY in one transaction with its visitors' profiles);
+3. returning visitors: a fifth as many events again, from visitors of the first round, through
+   collect and a second consolidation (their profiles known: each merged with its kept tally);
+4. the profiles alone: `profiles_rebuild_all()` over all the events, which must give exactly
+   the profiles consolidation made.
+It ends with one JSON line: collect_events_per_s, consolidate_events_per_s,
+returning_consolidate_events_per_s, profiles_per_s, profiles_equal_rebuild, peak_rss_mb (the
+largest resident size of this process, which runs the consolidation).
 Runs in a database of its own (coremetrics_bench), dropped and created anew.
 """
 
@@ -65,7 +69,7 @@ def main() -> None:
     import django
 
     django.setup()
-    from aggregation.models import Event
+    from aggregation.models import ConsolidationRun, Event
     from aggregation.services import profiles_rebuild_all, spool_consolidate
     from delivery.identity import visitor_id_issue
     from delivery.services import manifest_publish
@@ -75,61 +79,94 @@ def main() -> None:
     manifest_publish(client_id=client.pk)
     visitors = [visitor_id_issue() for _ in range(args.visitors)]
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(ROOT / ".venv/bin/gunicorn"), "coremetrics.wsgi", "--bind", f"127.0.0.1:{port}",
-         "--workers", "2", "--log-level", "warning"],
-        cwd=ROOT,
-        env=os.environ,
-    )  # fmt: skip
-    try:
-        _wait_for(port)
-        started = time.perf_counter()
-        sent = _collect(port, client.public_key, visitors, args.events)
-        collect_seconds = time.perf_counter() - started
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(30)
+    def collect(total: int, chosen_from: list[str], seed: int) -> tuple[int, float, set[str]]:
+        port = _free_port()
+        server = subprocess.Popen(
+            [str(ROOT / ".venv/bin/gunicorn"), "coremetrics.wsgi", "--bind", f"127.0.0.1:{port}",
+             "--workers", "2", "--log-level", "warning"],
+            cwd=ROOT,
+            env=os.environ,
+        )  # fmt: skip
+        try:
+            _wait_for(port)
+            started = time.perf_counter()
+            sent, used = _collect(port, client.public_key, chosen_from, total, seed)
+            return sent, time.perf_counter() - started, used
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
 
-    started = time.perf_counter()
-    run = spool_consolidate()
-    consolidate_seconds = time.perf_counter() - started
-    assert run.status == "done", run.error
+    def consolidate() -> tuple[ConsolidationRun, float]:
+        started = time.perf_counter()
+        run = spool_consolidate()
+        seconds = time.perf_counter() - started
+        assert run.status == "done", run.error
+        return run, seconds
+
+    sent, collect_seconds, used = collect(args.events, visitors, seed=0)
+    run, consolidate_seconds = consolidate()
+    # The same visitors again: their profiles are known, and each file's events are merged
+    # into them (their kept tallies) rather than computed from their whole history.
+    returning_events = args.events // 5
+    sent_again, _, _ = collect(returning_events, sorted(used), seed=100)
+    again, returning_seconds = consolidate()
     loaded = Event.objects.filter(client=client).count()
 
+    consolidated = _profiles_snapshot(client.pk)
     started = time.perf_counter()
     profiles = profiles_rebuild_all(client_id=client.pk)
     profile_seconds = time.perf_counter() - started
+    rebuilt = _profiles_snapshot(client.pk)
 
     figures = {
         "events": args.events,
         "events_loaded": loaded,
         "collect_events_per_s": round(sent / collect_seconds),
         "consolidate_events_per_s": round(run.loaded / consolidate_seconds),
+        "returning_consolidate_events_per_s": round(again.loaded / returning_seconds),
         "profiles_per_s": round(profiles / profile_seconds),
+        "profiles_equal_rebuild": consolidated == rebuilt,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     print(
         f"collect: {sent} events in {collect_seconds:.1f} s; consolidation: {run.loaded} events, "
-        f"{run.profiles_updated} profiles in {consolidate_seconds:.1f} s; "
+        f"{run.profiles_updated} profiles in {consolidate_seconds:.1f} s; returning visitors: "
+        f"{again.loaded} events, {again.profiles_updated} profiles in {returning_seconds:.1f} s; "
         f"profiles alone: {profiles} in {profile_seconds:.1f} s",
         file=sys.stderr,
     )
     print(json.dumps(figures))
     shutil.rmtree(data_dir, ignore_errors=True)
-    if loaded != args.events:
-        sys.exit(f"lost or doubled events: sent {args.events}, loaded {loaded}")
+    if loaded != sent + sent_again:
+        sys.exit(f"lost or doubled events: sent {sent + sent_again}, loaded {loaded}")
+    if consolidated != rebuilt:
+        sys.exit("the consolidated profiles differ from a rebuild from the events")
 
 
-def _collect(port: int, key: str, visitors: list[str], total: int) -> int:
-    """Send `total` events in batches from THREADS keep-alive connections; returns accepted."""
+def _profiles_snapshot(client_id: int) -> dict:
+    from aggregation.models import Profile
+    from aggregation.services.profiles import PROFILE_FIELDS
+
+    fields = [name for name in PROFILE_FIELDS if name not in ("updated_at", "tally")]
+    return {
+        row[0]: row[1:]
+        for row in Profile.objects.filter(client_id=client_id).values_list("visitor_id", *fields)
+    }
+
+
+def _collect(
+    port: int, key: str, visitors: list[str], total: int, seed: int
+) -> tuple[int, set[str]]:
+    """Send `total` events in batches from THREADS keep-alive connections, each batch from a
+    visitor chosen among `visitors`; returns how many were accepted, and the visitors used."""
     per_thread = total // THREADS
     accepted = [0] * THREADS
+    used: set[str] = set()
     failures: list[str] = []
     kinds = ["page_view", "product_view", "cart_add", "cart_remove", "purchase"]
 
     def run(index: int) -> None:
-        rng = random.Random(index)
+        rng = random.Random(seed + index)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         remaining = per_thread + (total % THREADS if index == 0 else 0)
         while remaining:
@@ -150,6 +187,7 @@ def _collect(port: int, key: str, visitors: list[str], total: int) -> int:
                     event["product_id"] = f"p{rng.randrange(500)}"
                 events.append(event)
             visitor = rng.choice(visitors)
+            used.add(visitor)
             session = f"{now // 1000:x}.{visitor[:12].encode().hex()[:12]}"
             body = json.dumps(
                 {"visitor": visitor, "session": session, "sent_at": now, "events": events}
@@ -171,7 +209,7 @@ def _collect(port: int, key: str, visitors: list[str], total: int) -> int:
         thread.join()
     if failures:
         sys.exit(f"collect failed: {failures[:3]}")
-    return sum(accepted)
+    return sum(accepted), used
 
 
 def _bench_database(url: str) -> str:

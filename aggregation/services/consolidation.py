@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import gc
 import io
 import logging
 import os
@@ -45,7 +44,7 @@ from aggregation.records import (
 )
 from aggregation.services.identities import identities_stitch
 from aggregation.services.imports import import_reports_prune
-from aggregation.services.profiles import profiles_apply, profiles_settle
+from aggregation.services.profiles import gc_paused, profiles_apply, profiles_settle
 from campaigns.mailtracking import LANDING_PARAMETER
 from campaigns.services.email_tracking import email_activities_load, recipients_of_landings
 from coremetrics.models import Client
@@ -136,7 +135,7 @@ def _consolidate(run: ConsolidationRun, *, seal_open: bool) -> None:
     if seal_open:
         spool.spool_seal_open()
     paths = spool.spool_closed_files()
-    with _gc_paused():
+    with gc_paused():
         for path, outcome in _files_load(paths):
             if isinstance(outcome, Exception):
                 errors.append(f"{path.name}: {type(outcome).__name__}: {outcome}")
@@ -360,25 +359,32 @@ def _slice_parse(
     rows = []
     for number, line in enumerate(lines, start=first_number):
         record = None if careful else spool_line_decode(line)
-        escaped = record is None
-        if record is None:
+        copy_row = ""
+        if record is not None and for_copy:
+            try:
+                copy_row = _copy_row(record)
+            except TypeError:  # a property orjson cannot write (an integer beyond 64 bits)
+                record = None
+        if record is None or record.type in EMAIL_TYPES:
             try:
                 parsed = record_parse(line)
-            except RecordError as error:
+                record = spool_line_of(parsed)
+                if for_copy:
+                    copy_row = _copy_row_escaped(record)
+            except (RecordError, TypeError) as error:
                 piece.dead.append((number, str(error), line))
                 continue
-            record = spool_line_of(parsed)
         client_id = record.client
         if client_id not in known_clients:
             piece.dead.append((number, f"unknown client {client_id}", line))
             continue
         kind = record.type
         if kind in EMAIL_TYPES:
-            piece.email_records.append(record_parse(line))
+            piece.email_records.append(parsed)
             continue
         piece.records.append(record)
         if for_copy:
-            rows.append(_copy_row_escaped(record) if escaped else _copy_row(record))
+            rows.append(copy_row)
         visitor_id = record.visitor_id
         value = record.value
         row = EventRow(
@@ -515,19 +521,6 @@ def _clients_hold() -> set[int]:
     with connection.cursor() as cursor:
         cursor.execute("SELECT id FROM coremetrics_client FOR KEY SHARE")
         return {pk for (pk,) in cursor.fetchall()}
-
-
-@contextmanager
-def _gc_paused():
-    """No cyclic garbage collection while files load: their events (a few objects each, none
-    in a cycle) made the collector walk ever more objects, a third of the parsing time."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _slice_load(piece: _Slice) -> int:

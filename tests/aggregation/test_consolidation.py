@@ -7,6 +7,7 @@ import pytest
 import redis
 import zstandard
 from django.conf import settings as django_settings
+from django.core.management import call_command
 from django.db.models import F
 from django.urls import reverse
 
@@ -402,3 +403,52 @@ def test_a_database_outage_never_sends_a_file_to_quarantine(shopper, monkeypatch
 def _unzstd(path) -> bytes:
     with path.open("rb") as file:
         return zstandard.ZstdDecompressor().stream_reader(file).read()
+
+
+def _line(record: dict) -> bytes:
+    return json.dumps(record).encode() + b"\n"
+
+
+def test_lines_the_fast_reading_lets_through_are_refused_or_loaded_line_by_line(shopper):
+    """Whatever a line holds, it is loaded or refused with its reason: never the whole file."""
+    client, visitor_id, records = shopper
+    good = records[0]
+
+    def variant(**fields):
+        return {**good, "event_id": str(uuid.uuid4()), **fields}
+
+    big_number = variant(properties={"n": 10**20})  # beyond orjson's 64 bits
+    basic_format = variant(received_at="2026-01-05T100000.5+00:00")  # ISO 8601's basic format
+    lines = [
+        _line(variant(occurred_at="2026-01-05T24:00:00+00:00")),
+        _line(variant(occurred_at="2026-01-05T23:59:60+00:00")),
+        _line(basic_format),
+        _line(variant(occurred_at="0001-01-01T01:00:00+05:00")),
+        _line(variant(type="email_open", occurred_at="2026-01-05T24:00:00+00:00")),
+        b'{"event_id": "\xff\xfe"}\n',
+        _line(big_number),
+        _line(variant(occurred_at="2026-11-01T10:00:00.000000+00:00")),
+        _line(good),
+    ]
+    spool_paths()["closed"].mkdir(parents=True, exist_ok=True)
+    (spool_paths()["closed"] / "odd.jsonl").write_bytes(b"".join(lines))
+
+    run = spool_consolidate(seal_open=False)
+
+    assert (run.status, run.error, run.lines, run.loaded, run.bad_lines) == ("done", "", 9, 4, 5)
+    dead = (spool_paths()["dead"] / "odd.jsonl.dead").read_text(errors="replace").splitlines()
+    assert [line.split("\t")[0] for line in dead] == [
+        "line 1: bad field: hour must be in 0..23",
+        "line 2: bad field: second must be in 0..59",
+        "line 4: occurred_at is out of range in UTC",
+        "line 5: bad field: hour must be in 0..23",
+        "line 6: not JSON",
+    ]
+    assert Event.objects.get(event_id=big_number["event_id"]).properties == {"n": 1e20}
+    assert Event.objects.get(event_id=basic_format["event_id"]).received_at == datetime(
+        2026, 1, 5, 10, 0, 0, 500000, tzinfo=UTC
+    )
+    # The loaded events' profile is the one a rebuild makes.
+    loaded = _profile(client, visitor_id)
+    call_command("rebuild_profiles", client=client.pk)
+    assert _profile(client, visitor_id) == loaded

@@ -7,18 +7,25 @@ profile of all the events at once.
 """
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from unittest import mock
 
 import pytest
+from django.db import connection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aggregation.models import Event, Profile, VisitorLink
-from aggregation.profiles import EventRow, ProfileTally, profile_finish, profile_totals
+from aggregation.profiles import (
+    EventRow,
+    ProfileTally,
+    profile_finish,
+    profile_totals,
+    utc_text,
+)
 from aggregation.records import RECORD_TYPES
-from aggregation.services.profiles import profiles_rebuild
+from aggregation.services.profiles import UTC_TEXT_SQL, profiles_rebuild
 from delivery.models import Visitor
 from tests.factories import ClientFactory
 
@@ -173,3 +180,27 @@ def _row(event: Event) -> EventRow:
         properties=event.properties,
         event_id=str(event.event_id),
     )
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 11, 1, 10, 0, tzinfo=UTC),
+        datetime(2026, 11, 1, 10, 0, 5, 1, tzinfo=UTC),
+        datetime(2026, 11, 1, 10, 0, 5, 500000, tzinfo=UTC),
+        datetime(2026, 11, 1, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5))),
+        datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC),
+    ],
+)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's to_char")
+def test_the_database_writes_times_as_utc_text_does(moment):
+    """Rebuilds read times as text (UTC_TEXT_SQL) and consolidation from spool lines: one text
+    for one time, or ties would be broken apart."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {UTC_TEXT_SQL} FROM (SELECT %s::timestamptz AS occurred_at) AS event",
+            [moment],
+        )
+        [(text,)] = cursor.fetchall()
+
+    assert text == utc_text(moment)
