@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from operator import itemgetter
 from typing import NamedTuple
 from urllib.parse import parse_qs, urlsplit
@@ -49,6 +50,7 @@ def _host(url: str) -> str:
         return ""
 
 
+@lru_cache(maxsize=4096)  # visitors land on few pages from few places
 def source_classify(url: str, referrer: str) -> str:
     """How a visit came: email, campaign, search, referral or direct (landing URL + referrer)."""
     try:

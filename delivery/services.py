@@ -7,10 +7,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import orjson
 from django.db import connection
-from psycopg2.extras import Json, execute_values
 
 from campaigns.selectors import campaigns_active, content_answer
+from coremetrics.bulk import rows_upsert
 from coremetrics.models import Client
 from delivery.models import Visitor
 from delivery.stores import store_get
@@ -97,28 +98,24 @@ class VisitorSeen:
 def visitors_upsert(*, client_id: int, visitors: list[VisitorSeen]) -> None:
     """Record issued visitor ids seen in events, with the server-side copy of their cookie (D5)."""
     if connection.vendor == "postgresql":
-        # One statement per batch without the ORM's per-field work: consolidation calls this
-        # for every visitor it loads.
-        with connection.cursor() as cursor:
-            execute_values(
-                cursor.cursor,
-                "INSERT INTO delivery_visitor "
-                "(client_id, visitor_id, first_seen_at, last_seen_at, cookie_data) VALUES %s "
-                "ON CONFLICT (client_id, visitor_id) DO UPDATE SET "
-                "first_seen_at = EXCLUDED.first_seen_at, last_seen_at = EXCLUDED.last_seen_at, "
-                "cookie_data = EXCLUDED.cookie_data",
-                [
-                    (
-                        client_id,
-                        seen.visitor_id,
-                        seen.first_seen_at,
-                        seen.last_seen_at,
-                        Json({"visitor": seen.visitor_id, "session": seen.session_id}),
-                    )
-                    for seen in visitors
-                ],
-                page_size=1000,
-            )
+        # COPY, without the ORM's per-field work: consolidation calls this for every visitor
+        # it loads.
+        rows_upsert(
+            table="delivery_visitor",
+            columns=["client_id", "visitor_id", "first_seen_at", "last_seen_at", "cookie_data"],
+            rows=(
+                (
+                    client_id,
+                    seen.visitor_id,
+                    seen.first_seen_at,
+                    seen.last_seen_at,
+                    orjson.dumps({"visitor": seen.visitor_id, "session": seen.session_id}).decode(),
+                )
+                for seen in visitors
+            ),
+            conflict=["client_id", "visitor_id"],
+            update=["first_seen_at", "last_seen_at", "cookie_data"],
+        )
         return
     Visitor.objects.bulk_create(
         [

@@ -14,7 +14,6 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
-from psycopg2.extras import Json, execute_values
 
 from aggregation.models import Event, Profile, VisitorLink
 from aggregation.profiles import (
@@ -22,6 +21,7 @@ from aggregation.profiles import (
     ProfileTally,
     profile_finish,
 )
+from coremetrics.bulk import rows_insert, rows_upsert
 from delivery.services import VisitorSeen, visitors_upsert
 
 logger = logging.getLogger(__name__)
@@ -122,20 +122,22 @@ def profiles_apply(*, client_id: int, tallies: dict[str, ProfileTally], recomput
     _visitors_lock(client_id, [*visitor_ids, *links.values()])
     rest = recompute | links.keys() | set(_links_to(client_id, visitor_ids).values())
     kept = _tallies_kept(client_id, [v for v in tallies if v not in rest])
+    fresh: dict[str, ProfileTally] = {}
     merged: dict[str, ProfileTally] = {}
     for visitor_id, tally in tallies.items():
         if visitor_id in rest:
             continue
         if visitor_id not in kept:
             if tally:
-                merged[visitor_id] = tally
+                fresh[visitor_id] = tally
             else:  # nothing new, and no profile: nothing to write
                 rest.add(visitor_id)
         elif (state := kept[visitor_id]) is not None:
             merged[visitor_id] = ProfileTally.from_state(state).merge(tally)
         else:
             rest.add(visitor_id)
-    written = _profiles_write(client_id, merged, now=now, idle=idle)
+    written = _profiles_write(client_id, fresh, now=now, idle=idle, new=True)
+    written += _profiles_write(client_id, merged, now=now, idle=idle)
     visitors_upsert(
         client_id=client_id,
         visitors=[
@@ -145,7 +147,7 @@ def profiles_apply(*, client_id: int, tallies: dict[str, ProfileTally], recomput
                 last_seen_at=tally.last_seen_at,
                 session_id=tally.latest_session_id,
             )
-            for visitor_id, tally in merged.items()
+            for visitor_id, tally in [*fresh.items(), *merged.items()]
             if tally.first and tally.latest
         ],
     )
@@ -190,23 +192,60 @@ def _tallies_kept(client_id: int, visitor_ids: list[str]) -> dict[str, dict | No
 
 
 def _profiles_write(
-    client_id: int, tallies: dict[str, ProfileTally], *, now: datetime, idle: timedelta
+    client_id: int,
+    tallies: dict[str, ProfileTally],
+    *,
+    now: datetime,
+    idle: timedelta,
+    new: bool = False,
 ) -> int:
+    """Write the profiles of these tallies; `new`: none of them has a profile yet (the caller
+    holds their visitors' locks), so they are COPYed in without looking for one."""
+    # updated_at is when the profile was computed (settling compares it with the session's end).
     profiles = [
-        Profile(
-            client_id=client_id,
-            visitor_id=visitor_id,
-            tally=tally.state(),
+        {
             **profile_finish(tally.totals(now=now, idle=idle)),
-        )
+            "tally": tally.state(),
+            "visitor_id": visitor_id,
+            "updated_at": now,
+        }
         for visitor_id, tally in tallies.items()
     ]
-    _profiles_upsert(profiles, computed_at=now)
+    if connection.vendor != "postgresql":
+        Profile.objects.bulk_create(
+            [Profile(client_id=client_id, **profile) for profile in profiles],
+            update_conflicts=True,
+            unique_fields=["client", "visitor_id"],
+            update_fields=PROFILE_FIELDS,
+        )
+        return len(profiles)
+    columns = ["client_id", "visitor_id", *PROFILE_FIELDS]
+    rows = (
+        [
+            client_id,
+            *(
+                _json_text(profile[name]) if name in JSON_FIELDS else profile[name]
+                for name in columns[1:]
+            ),
+        ]
+        for profile in profiles
+    )
+    if new:
+        rows_insert(table="aggregation_profile", columns=columns, rows=rows)
+    else:
+        rows_upsert(
+            table="aggregation_profile",
+            columns=columns,
+            rows=rows,
+            conflict=["client_id", "visitor_id"],
+            update=PROFILE_FIELDS,
+        )
     return len(profiles)
 
 
-# The events table's columns an EventRow reads, in its order (properties of custom events only:
-# no other rule reads them).
+JSON_FIELDS = {"categories", "attributes", "tally"}
+
+
 # An event's time as profiles.utc_text writes it: microseconds only when there are some
 # (PostgreSQL writes the text faster than Python turns datetimes into text).
 UTC_TEXT_SQL = (
@@ -336,42 +375,8 @@ def _links(client_id: int, column: str, visitor_ids: Collection[str]) -> dict[st
     return found
 
 
-def _profiles_upsert(profiles: list[Profile], *, computed_at: datetime) -> None:
-    # updated_at is when the profile was computed (settling compares it with the session's end).
-    if connection.vendor != "postgresql":
-        Profile.objects.bulk_create(
-            profiles,
-            update_conflicts=True,
-            unique_fields=["client", "visitor_id"],
-            update_fields=PROFILE_FIELDS,
-        )
-        return
-    columns = ["client_id", "visitor_id", *PROFILE_FIELDS]
-    json_columns = {"categories", "attributes", "tally"}
-    values = [
-        [
-            computed_at
-            if name == "updated_at"
-            else Json(getattr(profile, name), dumps=_json_text)
-            if name in json_columns
-            else getattr(profile, name)
-            for name in columns
-        ]
-        for profile in profiles
-    ]
-    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in PROFILE_FIELDS)
-    with connection.cursor() as cursor:
-        execute_values(
-            cursor.cursor,
-            f"INSERT INTO aggregation_profile ({', '.join(columns)}) VALUES %s "
-            f"ON CONFLICT (client_id, visitor_id) DO UPDATE SET {updates}",
-            values,
-            page_size=1000,
-        )
-
-
-def _json_text(value: object) -> str:
-    return orjson.dumps(value).decode()
+def _json_text(value: object) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
 
 
 PROFILE_FIELDS = [
