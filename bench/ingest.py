@@ -39,7 +39,6 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-BATCH = 100
 THREADS = 4
 
 
@@ -47,6 +46,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--visitors", type=int, default=100_000)
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=100,
+        help="events per collect batch, each batch one visitor's: 100 gives about 10,000 "
+        "visitors of 100 events per 1,000,000; 10 about 100,000 visitors of 10",
+    )
     args = parser.parse_args()
 
     database_url = _bench_database(os.environ["DATABASE_URL"])
@@ -90,7 +96,7 @@ def main() -> None:
         try:
             _wait_for(port)
             started = time.perf_counter()
-            sent, used = _collect(port, client.public_key, chosen_from, total, seed)
+            sent, used = _collect(port, client.public_key, chosen_from, total, seed, args.batch)
             return sent, time.perf_counter() - started, used
         finally:
             server.send_signal(signal.SIGTERM)
@@ -120,6 +126,7 @@ def main() -> None:
 
     figures = {
         "events": args.events,
+        "batch": args.batch,
         "events_loaded": loaded,
         "collect_events_per_s": round(sent / collect_seconds),
         "consolidate_events_per_s": round(run.loaded / consolidate_seconds),
@@ -155,7 +162,7 @@ def _profiles_snapshot(client_id: int) -> dict:
 
 
 def _collect(
-    port: int, key: str, visitors: list[str], total: int, seed: int
+    port: int, key: str, visitors: list[str], total: int, seed: int, batch: int
 ) -> tuple[int, set[str]]:
     """Send `total` events in batches from THREADS keep-alive connections, each batch from a
     visitor chosen among `visitors`; returns how many were accepted, and the visitors used."""
@@ -170,7 +177,7 @@ def _collect(
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         remaining = per_thread + (total % THREADS if index == 0 else 0)
         while remaining:
-            size = min(BATCH, remaining)
+            size = min(batch, remaining)
             now = int(time.time() * 1000)
             events = []
             for _ in range(size):
