@@ -16,8 +16,8 @@ help:
 	@echo "make fmt            ruff format + ruff check --fix"
 	@echo "make services-up    start throwaway PostgreSQL + Redis (env: var/test-services/env)"
 	@echo "make services-down  stop them and remove var/test-services"
-	@echo "make bench-ingest   1,000,000 events through collect and consolidation (docs/performance.md;
-	@echo "                    ARGS=\"--batch 10\" for 100,000 visitors of 10 events)"
+	@echo "make bench-ingest   1,000,000 events through collect and consolidation (docs/performance.md)"
+	@echo "                    ARGS='--batch 10': 100,000 visitors of 10 events instead of 10,000 of 100"
 	@echo "make bench-tables   lookup tables of 3 campaigns over 1,000,000 profiles, built and published"
 	@echo "make bench-delivery the query endpoint against raw WSGI and Django, gunicorn and granian (wrk)"
 	@echo "make clean          remove var/ and .venv"
