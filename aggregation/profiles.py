@@ -328,7 +328,7 @@ class ProfileTally:
                 order_id: [*key, str(value)] for order_id, (key, value) in self.orders.items()
             },
             "sessions": self.sessions,
-            "loose_carts": self.loose_carts,
+            "loose_carts": sorted(self.loose_carts),
             "attributes": {name: [*key, value] for name, (key, value) in attributes.items()},
             "email": [self.email, *self.email_key] if self.email_key else None,
             "landing": [self.landing[0], *self.landing[1], *self.landing[2:]],

@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument(
         "--batch",
         type=int,
+        choices=range(1, 101),
+        metavar="1..100",
         default=100,
         help="events per collect batch, each batch one visitor's: 100 gives about 10,000 "
         "visitors of 100 events per 1,000,000; 10 about 100,000 visitors of 10",
@@ -154,7 +156,7 @@ def _profiles_snapshot(client_id: int) -> dict:
     from aggregation.models import Profile
     from aggregation.services.profiles import PROFILE_FIELDS
 
-    fields = [name for name in PROFILE_FIELDS if name not in ("updated_at", "tally")]
+    fields = [name for name in PROFILE_FIELDS if name != "updated_at"]
     return {
         row[0]: row[1:]
         for row in Profile.objects.filter(client_id=client_id).values_list("visitor_id", *fields)

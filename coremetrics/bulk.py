@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from decimal import Decimal
+from itertools import islice
 
 from django.db import connection, transaction
 
@@ -15,11 +17,13 @@ _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 def _text(value: object) -> str:
     if value is None:
         return "\\N"
-    if type(value) is str:
+    if isinstance(value, str):
         return value.translate(_ESCAPES)
-    if type(value) is datetime:
+    if isinstance(value, datetime):
         return value.isoformat()
-    return str(value)  # numbers, Decimal
+    if isinstance(value, int | float | Decimal):  # bool is an int: True, False
+        return str(value)
+    raise TypeError(f"no COPY text for {type(value).__name__} (JSON: pass its text)")
 
 
 def copy_text(rows: Iterable[Sequence]) -> str:
@@ -27,9 +31,13 @@ def copy_text(rows: Iterable[Sequence]) -> str:
     return "".join("\t".join(map(_text, row)) + "\n" for row in rows)
 
 
+# Rows COPYed per statement: the text of one piece is held in memory at a time.
+COPY_ROWS = 10_000
+
+
 def rows_insert(*, table: str, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
     """COPY rows (values in `columns` order) into a table. PostgreSQL only."""
-    _copy(table, columns, copy_text(rows))
+    _copy(table, columns, rows)
 
 
 def rows_upsert(
@@ -52,7 +60,7 @@ def rows_upsert(
         cursor.execute(
             f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA"
         )
-        _copy(stage, columns, copy_text(rows))
+        _copy(stage, columns, rows)
         cursor.execute(
             f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "
             f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {updates}"
@@ -60,8 +68,9 @@ def rows_upsert(
         cursor.execute(f"DROP TABLE {stage}")
 
 
-def _copy(table: str, columns: Sequence[str], text: str) -> None:
+def _copy(table: str, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+    rows = iter(rows)
     with connection.cursor() as cursor, connection.wrap_database_errors:
-        cursor.copy_expert(
-            f"COPY {table} ({', '.join(columns)}) FROM STDIN", io.StringIO(text), size=len(text) + 1
-        )
+        while text := copy_text(islice(rows, COPY_ROWS)):
+            cursor.copy_expert(statement, io.StringIO(text), size=len(text) + 1)

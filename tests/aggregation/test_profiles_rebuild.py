@@ -13,6 +13,7 @@ from aggregation.records import record_new
 from aggregation.services import spool_consolidate
 from aggregation.spool import spool_append, spool_seal_open
 from delivery.identity import visitor_id_issue
+from delivery.models import Visitor
 from tests.factories import ClientFactory
 
 pytestmark = pytest.mark.django_db
@@ -82,3 +83,52 @@ def _snapshot(client) -> dict:
         profile.visitor_id: model_to_dict(profile, exclude=["id", "updated_at"])
         for profile in Profile.objects.filter(client=client)
     }
+
+
+TRICKY = ["", "a\\b", "tab\there", "nl\nhere", "cr\rhere", "\\.", "\\N", "end\\", "uni é ☃"]
+
+
+def test_profiles_of_texts_that_need_escapes_equal_a_rebuild():
+    """Backslashes, tabs and newlines in URLs, sessions, categories and properties take the
+    careful reading and COPY's escapes; profiles and visitor rows still equal a rebuild."""
+    rng = random.Random(5)
+    client = ClientFactory()
+    visitors = [visitor_id_issue() for _ in range(30)]
+    for _ in range(4):
+        records = []
+        for _ in range(200):
+            visitor_id = rng.choice(visitors)
+            kind = rng.choice(["page_view", "product_view", "cart_add", "purchase", "custom"])
+            text = rng.choice(TRICKY)
+            records.append(
+                record_new(
+                    client_id=client.pk,
+                    kind=kind,
+                    visitor_id=visitor_id,
+                    session_id=rng.choice(["", "s1", "s\\2"]),
+                    occurred_at=START
+                    + timedelta(seconds=rng.randrange(9000), microseconds=rng.choice([0, 1])),
+                    url="https://shop.example/" + text,
+                    referrer=rng.choice(["", "https://www.google.com/\t", "https://b.example/\\x"]),
+                    product_id=text,
+                    category=rng.choice(["", "c\\1", "c\t2"]),
+                    order_id=f"o{rng.randrange(3)}" if kind == "purchase" else "",
+                    value="12.50" if kind == "purchase" else None,
+                    email=rng.choice(["", "", f"{visitor_id[:6].lower()}@example.com"]),
+                    properties={"tier": text} if kind == "custom" else {},
+                )
+            )
+        spool_append(records)
+        spool_seal_open()
+        run = spool_consolidate()
+        assert (run.status, run.error) == ("done", "")
+    incremental = _snapshot(client)
+    seen = set(Visitor.objects.filter(client=client).values_list("visitor_id", "last_seen_at"))
+
+    call_command("rebuild_profiles", client=client.pk)
+
+    assert _snapshot(client) == incremental
+    assert (
+        set(Visitor.objects.filter(client=client).values_list("visitor_id", "last_seen_at")) == seen
+    )
+    assert any("\\" in str(profile["attributes"]) for profile in incremental.values())

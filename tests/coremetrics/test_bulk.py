@@ -1,0 +1,132 @@
+"""COPY's text format (coremetrics/bulk.py): what goes in comes back, whatever the characters."""
+
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import orjson
+import pytest
+from django.db import connection
+
+from aggregation.models import Profile
+from aggregation.profiles import EventRow, ProfileTally
+from aggregation.services.profiles import _profiles_write
+from coremetrics.bulk import COPY_ROWS, copy_text, rows_insert, rows_upsert
+from tests.factories import ClientFactory
+
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="COPY: PostgreSQL"),
+]
+
+TRICKY = [
+    "",
+    "a\\b",
+    "tab\there",
+    "nl\nhere",
+    "cr\rhere",
+    "\\.",
+    "\\N",
+    "end\\",
+    "\\\\t",
+    "uni é ☃ \u2028",
+    "\x01\x0b\x0c",
+]
+
+
+def _table():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMP TABLE round_trip (i int PRIMARY KEY, t text, j jsonb, ts timestamptz, "
+            "n numeric, b bool, tn text)"
+        )
+
+
+def test_every_value_comes_back_as_it_went_in():
+    _table()
+    naive = datetime(2026, 1, 1, 12, 0, 0, 5)
+    aware = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone(timedelta(hours=5)))
+    rows = [
+        [
+            index,
+            text,
+            orjson.dumps({"u": text, "k": [text]}).decode(),
+            aware if index % 2 else naive,
+            Decimal("1E+2") if index == 1 else Decimal("12.345"),
+            index % 2 == 0,
+            None if index % 2 else "",
+        ]
+        for index, text in enumerate(TRICKY)
+    ]
+
+    rows_insert(table="round_trip", columns=["i", "t", "j", "ts", "n", "b", "tn"], rows=rows)
+
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL timezone = 'UTC'")
+        cursor.execute("SELECT i, t, j::text, ts, n, b, tn FROM round_trip ORDER BY i")
+        back = cursor.fetchall()
+    assert [(t, orjson.loads(j), n, b, tn) for _, t, j, _, n, b, tn in back] == [
+        (row[1], {"u": row[1], "k": [row[1]]}, row[4], row[5], row[6]) for row in rows
+    ]
+    assert back[1][3] == aware
+    assert back[0][3] == naive.replace(tzinfo=UTC)  # a naive time is the session's (UTC)
+
+
+def test_an_upsert_updates_the_rows_there_and_adds_the_others_in_pieces():
+    _table()
+    count = COPY_ROWS + 5  # more than one COPY statement
+    rows_insert(table="round_trip", columns=["i", "t"], rows=[[0, "old"], [1, "old"]])
+
+    rows_upsert(
+        table="round_trip",
+        columns=["i", "t"],
+        rows=([index, f"new {index}"] for index in range(1, count)),
+        conflict=["i"],
+        update=["t"],
+    )
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*), min(t), max(i) FROM round_trip WHERE t LIKE 'new %%'")
+        assert cursor.fetchone() == (count - 1, "new 1", count - 1)
+        cursor.execute("SELECT t FROM round_trip WHERE i = 0")
+        assert cursor.fetchone() == ("old",)
+
+
+def test_a_value_without_a_copy_text_is_refused():
+    class Label(str):
+        pass
+
+    assert copy_text([[Label("a\tb")]]) == "a\\tb\n"
+    for value in ({"k": 1}, [1], b"x"):
+        with pytest.raises(TypeError):
+            copy_text([[value]])
+
+
+def test_a_profile_and_its_tally_come_back_whatever_its_texts():
+    client = ClientFactory()
+    now = datetime(2026, 9, 1, tzinfo=UTC)
+    tally = ProfileTally()
+    for number, text in enumerate(TRICKY):
+        tally.add(
+            EventRow(
+                "cart_add" if number % 2 else "page_view",
+                text[:60],
+                now - timedelta(hours=number, microseconds=number),
+                url=text,
+                referrer=text,
+                order_id=text,
+                product_id=text,
+                category=text or "c",
+                properties={"k": text},
+                event_id=f"00000000-0000-4000-8000-{number:012d}",
+            )
+        )
+    idle = timedelta(minutes=30)
+
+    _profiles_write(client.pk, {"v1": tally}, now=now, idle=idle, new=True)
+    _profiles_write(client.pk, {"v2": tally, "v1": tally}, now=now, idle=idle)
+
+    for visitor_id in ("v1", "v2"):
+        profile = Profile.objects.get(client=client, visitor_id=visitor_id)
+        assert profile.email == ""
+        assert profile.tally == orjson.loads(orjson.dumps(tally.state()))
+        assert ProfileTally.from_state(profile.tally).state() == tally.state()
