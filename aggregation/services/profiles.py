@@ -322,26 +322,6 @@ def _events_stream(client_id: int, visitor_ids: list[str]) -> Iterator[tuple[str
         cursor.close()
 
 
-def _profiles_among(client_id: int, visitor_ids: list[str]) -> set[str]:
-    """Those of these visitors who have a profile."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT visitor_id FROM aggregation_profile "
-                "WHERE client_id = %s AND visitor_id = ANY(%s)",
-                [client_id, visitor_ids],
-            )
-            return {visitor_id for (visitor_id,) in cursor.fetchall()}
-    found: set[str] = set()
-    for start in range(0, len(visitor_ids), 500):
-        found.update(
-            Profile.objects.filter(
-                client_id=client_id, visitor_id__in=visitor_ids[start : start + 500]
-            ).values_list("visitor_id", flat=True)
-        )
-    return found
-
-
 def _links_of(client_id: int, visitor_ids: Collection[str]) -> dict[str, str]:
     """alias -> canonical for those of these visitors joined to another."""
     return _links(client_id, "visitor_id", visitor_ids)
