@@ -1,16 +1,22 @@
 """Files loaded side by side (CONSOLIDATION_WORKERS) count every event once and make the
 profiles a rebuild from the events makes (A3, A5)."""
 
+import os
 import random
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from aggregation.models import Event, Profile
+from aggregation.models import ConsolidationRun, Event, Profile
 from aggregation.services import spool_consolidate
 from aggregation.spool import SpoolWriter, spool_paths
+from aggregation.tasks import consolidate
 from delivery.identity import visitor_id_issue
 from delivery.models import Visitor
 from tests.aggregation.test_profiles_rebuild import _event, _snapshot
@@ -21,6 +27,7 @@ pytestmark = [
     pytest.mark.skipif(connection.vendor != "postgresql", reason="parallel loads: PostgreSQL"),
 ]
 START = datetime(2026, 9, 1, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_files_loaded_side_by_side_equal_a_rebuild(settings):
@@ -65,3 +72,50 @@ def test_files_loaded_side_by_side_equal_a_rebuild(settings):
     assert {client.pk: _snapshot(client) for client in clients} == incremental
     assert set(Visitor.objects.values_list("client_id", "visitor_id", "last_seen_at")) == seen
     assert sum(len(profiles) for profiles in incremental.values()) > 40
+
+
+def test_a_celery_prefork_worker_loads_files_side_by_side(settings):
+    """Production runs consolidation in a Celery worker's (daemonic) pool process: its loads
+    side by side are threads, which such a process may start."""
+    settings.CONSOLIDATION_WORKERS = 2
+    client = ClientFactory()
+    for number in range(3):
+        writer = SpoolWriter(settings.SPOOL_DIR, 1 << 30, 3600)
+        writer.append(
+            _event(random.Random(number), client.pk, f"v{index % 40}", START)
+            for index in range(500)
+        )
+        writer.close()
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/"
+        f"{db['NAME']}",
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "SPOOL_DIR": str(settings.SPOOL_DIR),
+        "SECRET_KEY": settings.SECRET_KEY,
+        "CONSOLIDATION_WORKERS": "2",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "coremetrics", "worker", "--pool", "prefork",
+         "--concurrency", "1", "--queues", "celery", "--loglevel", "warning"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        consolidate.delay()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and worker.poll() is None:
+            run = ConsolidationRun.objects.exclude(status="running").first()
+            if run:
+                break
+            time.sleep(0.2)
+    finally:
+        worker.terminate()
+        output = worker.communicate(timeout=30)[0].decode()
+
+    assert run is not None, output
+    assert (run.status, run.error, run.files, run.loaded) == ("done", "", 3, 1500)
+    assert Event.objects.filter(client=client).count() == 1500
