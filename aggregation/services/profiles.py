@@ -136,7 +136,7 @@ def profiles_apply(*, client_id: int, tallies: dict[str, ProfileTally], recomput
             merged[visitor_id] = ProfileTally.from_state(state).merge(tally)
         else:
             rest.add(visitor_id)
-    written = _profiles_write(client_id, fresh, now=now, idle=idle, new=True)
+    written = _profiles_write(client_id, fresh, now=now, idle=idle, are_new=True)
     written += _profiles_write(client_id, merged, now=now, idle=idle)
     visitors_upsert(
         client_id=client_id,
@@ -197,9 +197,9 @@ def _profiles_write(
     *,
     now: datetime,
     idle: timedelta,
-    new: bool = False,
+    are_new: bool = False,
 ) -> int:
-    """Write the profiles of these tallies; `new`: none of them has a profile yet (the caller
+    """Write the profiles of these tallies; `are_new`: none of them has a profile yet (the caller
     holds their visitors' locks), so they are COPYed in without looking for one."""
     # updated_at is when the profile was computed (settling compares it with the session's end).
     profiles = [
@@ -230,7 +230,7 @@ def _profiles_write(
         ]
         for profile in profiles
     )
-    if new:
+    if are_new:
         rows_insert(table="aggregation_profile", columns=columns, rows=rows)
     else:
         rows_upsert(

@@ -122,7 +122,7 @@ def test_a_profile_and_its_tally_come_back_whatever_its_texts():
         )
     idle = timedelta(minutes=30)
 
-    _profiles_write(client.pk, {"v1": tally}, now=now, idle=idle, new=True)
+    _profiles_write(client.pk, {"v1": tally}, now=now, idle=idle, are_new=True)
     _profiles_write(client.pk, {"v2": tally, "v1": tally}, now=now, idle=idle)
 
     for visitor_id in ("v1", "v2"):
