@@ -455,10 +455,12 @@ def _file_load(path: Path, paths: dict[str, Path], result: FileResult) -> None:
     ):
         # Every client a closed file can name existed when it was written; one deleted since
         # has its lines refused.
-        known_clients = _clients_hold()
+        known_clients = set(Client.objects.values_list("pk", flat=True))
+        held: set[int] = set()
         upcoming = parser.submit(read_and_parse, file, 1)
         while (piece := upcoming.result()).lines:
             upcoming = parser.submit(read_and_parse, file, piece.first_number + len(piece.lines))
+            held |= _clients_hold(piece.visitors.keys() - held)
             try:
                 loaded = _slice_load(piece)
             except DataError:
@@ -512,15 +514,27 @@ def _file_load(path: Path, paths: dict[str, Path], result: FileResult) -> None:
     result.client_ids = {client_id for client_id, by_visitor in tallies.items() if by_visitor}
 
 
-def _clients_hold() -> set[int]:
-    """The clients there are, each held until the file's transaction ends (FOR KEY SHARE): what
-    the events' foreign key constraint did for each event, done once (aggregation.apps
-    .client_loads_wait makes a client's deletion wait for the load)."""
-    if connection.vendor != "postgresql":
-        return set(Client.objects.values_list("pk", flat=True))
+class ClientGone(RuntimeError):
+    pass
+
+
+def _clients_hold(client_ids: set[int]) -> set[int]:
+    """Hold these clients until the file's transaction ends (FOR KEY SHARE), before their
+    events are COPYed: what the events' foreign key constraint did for each event, done once
+    per client and file (aggregation.apps.client_loads_wait makes a client's deletion wait for
+    the load). A client deleted since the file's start fails the file, whose next run refuses
+    that client's lines."""
+    if not client_ids or connection.vendor != "postgresql":
+        return client_ids
     with connection.cursor() as cursor:
-        cursor.execute("SELECT id FROM coremetrics_client FOR KEY SHARE")
-        return {pk for (pk,) in cursor.fetchall()}
+        cursor.execute(
+            "SELECT id FROM coremetrics_client WHERE id = ANY(%s) FOR KEY SHARE",
+            [sorted(client_ids)],
+        )
+        found = {pk for (pk,) in cursor.fetchall()}
+    if gone := client_ids - found:
+        raise ClientGone(f"client {', '.join(map(str, sorted(gone)))} was deleted during the load")
+    return found
 
 
 def _slice_load(piece: _Slice) -> int:

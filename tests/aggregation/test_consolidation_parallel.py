@@ -5,18 +5,20 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 
 from aggregation.models import ConsolidationRun, Event, Profile
 from aggregation.services import spool_consolidate
 from aggregation.spool import SpoolWriter, spool_paths
 from aggregation.tasks import consolidate
+from coremetrics.models import Client
 from delivery.identity import visitor_id_issue
 from delivery.models import Visitor
 from tests.aggregation.test_profiles_rebuild import _event, _snapshot
@@ -119,3 +121,58 @@ def test_a_celery_prefork_worker_loads_files_side_by_side(settings):
     assert run is not None, output
     assert (run.status, run.error, run.files, run.loaded) == ("done", "", 3, 1500)
     assert Event.objects.filter(client=client).count() == 1500
+
+
+def test_deleting_a_client_waits_for_the_load_of_its_events_then_takes_them():
+    """Events have no foreign key constraint: a load holds its clients instead, and a client's
+    deletion waits for it, so that the events it committed go with the client."""
+    from aggregation.services.consolidation import ClientGone, _clients_hold
+
+    client = ClientFactory()
+    gone = ClientFactory()
+    gone_id = gone.pk
+    gone.delete()
+    with pytest.raises(ClientGone, match=f"client {gone_id} was deleted"), transaction.atomic():
+        _clients_hold({client.pk, gone_id})
+
+    held, deleted = threading.Event(), threading.Event()
+    load_may_commit = threading.Event()
+
+    def load() -> None:
+        try:
+            with transaction.atomic():
+                assert _clients_hold({client.pk}) == {client.pk}
+                Event.objects.create(
+                    client_id=client.pk,
+                    event_id="00000000-0000-4000-8000-000000000001",
+                    type="page_view",
+                    visitor_id="v1",
+                    occurred_at=START,
+                    received_at=START,
+                )
+                held.set()
+                load_may_commit.wait(10)
+        finally:
+            connection.close()
+
+    def delete() -> None:
+        try:
+            Client.objects.get(pk=client.pk).delete()
+            deleted.set()
+        finally:
+            connection.close()
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    assert held.wait(10)
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    time.sleep(0.5)
+    assert not deleted.is_set()  # waiting for the load
+
+    load_may_commit.set()
+    loader.join(10)
+    deleter.join(10)
+
+    assert deleted.is_set()
+    assert not Event.objects.filter(client_id=client.pk).exists()
