@@ -1,7 +1,8 @@
 """A visitor's profile computed from their events (A5). Pure: no ORM, tested without a database.
 
-Recomputing from the events (rather than adding to counters) makes consolidation idempotent:
-loading a file twice, or after a crash, yields the same profile.
+A ProfileTally holds what the rules need of any set of events; tallies of different events
+merge. Consolidation adds each file's events to the tally a profile keeps, in the transaction
+that loads them, so a file loaded again after a crash adds nothing twice.
 """
 
 from __future__ import annotations

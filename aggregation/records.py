@@ -55,6 +55,7 @@ TEXT_LIMITS = {
 }
 MAX_PROPERTIES_BYTES = 2048
 MAX_VALUE = Decimal("999999999999.99")
+CENT = Decimal("0.01")
 # What the events table's integer columns hold (bigint; a non-negative integer).
 MAX_CONTENT_ID = 2**63 - 1
 MAX_TABLE_VERSION = 2**31 - 1
@@ -101,7 +102,7 @@ def _value(raw: Any) -> str | None:
         raise RecordError("value must be a number") from None
     if not value.is_finite() or not 0 <= value <= MAX_VALUE:
         raise RecordError(f"value must be between 0 and {MAX_VALUE}")
-    return str(value.quantize(Decimal("0.01")))
+    return str(value.quantize(CENT))
 
 
 def _properties(raw: Any) -> dict:
@@ -376,10 +377,10 @@ def record_parse(line: bytes) -> dict:
                 raise RecordError(f"{name} must be a string of at most {limit} characters")
         if not record["visitor_id"]:
             raise RecordError("visitor_id is empty")
-        for name, bits in (("content_id", 63), ("table_version", 31)):
+        for name, largest in (("content_id", MAX_CONTENT_ID), ("table_version", MAX_TABLE_VERSION)):
             number = record[name]
-            if number is not None and (type(number) is not int or not 0 <= number < 2**bits):
-                raise RecordError(f"{name} must be null or an integer from 0 to 2**{bits}-1")
+            if number is not None and (type(number) is not int or not 0 <= number <= largest):
+                raise RecordError(f"{name} must be null or an integer from 0 to {largest}")
         value = record["value"]
         if value is not None:
             record["value"] = Decimal(value)
@@ -396,8 +397,13 @@ def record_parse(line: bytes) -> dict:
     return record
 
 
-def _bounded(limit: int) -> Any:
-    return Annotated[str, msgspec.Meta(max_length=limit)]
+# Texts bounded as TEXT_LIMITS bounds them (msgspec checks the length while it decodes; a
+# test holds the two together).
+_Text64 = Annotated[str, msgspec.Meta(max_length=64)]
+_Text2000 = Annotated[str, msgspec.Meta(max_length=2000)]
+_Text100 = Annotated[str, msgspec.Meta(max_length=100)]
+_Text60 = Annotated[str, msgspec.Meta(max_length=60)]
+_Moment = Annotated[str, msgspec.Meta(max_length=32)]
 
 
 class SpoolLine(msgspec.Struct, gc=False):
@@ -412,22 +418,22 @@ class SpoolLine(msgspec.Struct, gc=False):
     event_id: str
     client: int
     type: str
-    visitor_id: Annotated[str, msgspec.Meta(min_length=1, max_length=TEXT_LIMITS["visitor_id"])]
-    session_id: _bounded(TEXT_LIMITS["session_id"])  # type: ignore[valid-type]
-    occurred_at: _bounded(32)  # type: ignore[valid-type]
-    received_at: _bounded(32)  # type: ignore[valid-type]
-    url: _bounded(TEXT_LIMITS["url"])  # type: ignore[valid-type]
-    referrer: _bounded(TEXT_LIMITS["referrer"])  # type: ignore[valid-type]
-    campaign_key: _bounded(TEXT_LIMITS["campaign_key"])  # type: ignore[valid-type]
-    placement_key: _bounded(TEXT_LIMITS["placement_key"])  # type: ignore[valid-type]
+    visitor_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    session_id: _Text64
+    occurred_at: _Moment
+    received_at: _Moment
+    url: _Text2000
+    referrer: _Text2000
+    campaign_key: _Text60
+    placement_key: _Text60
     content_id: Annotated[int, msgspec.Meta(ge=0, le=MAX_CONTENT_ID)] | None
     table_version: Annotated[int, msgspec.Meta(ge=0, le=MAX_TABLE_VERSION)] | None
-    product_id: _bounded(TEXT_LIMITS["product_id"])  # type: ignore[valid-type]
-    category: _bounded(TEXT_LIMITS["category"])  # type: ignore[valid-type]
-    order_id: _bounded(TEXT_LIMITS["order_id"])  # type: ignore[valid-type]
-    value: _bounded(16) | None  # type: ignore[valid-type]
-    currency: _bounded(TEXT_LIMITS["currency"])  # type: ignore[valid-type]
-    email: _bounded(TEXT_LIMITS["email"])  # type: ignore[valid-type]
+    product_id: _Text100
+    category: _Text100
+    order_id: _Text100
+    value: Annotated[str, msgspec.Meta(max_length=16)] | None
+    currency: Annotated[str, msgspec.Meta(max_length=3)]
+    email: Annotated[str, msgspec.Meta(max_length=254)]
     properties: dict[str, Any]
 
 
@@ -501,6 +507,3 @@ def spool_line_of(record: dict) -> SpoolLine:
         email=record["email"],
         properties=record["properties"],
     )
-
-
-CENT = Decimal("0.01")

@@ -26,9 +26,15 @@ def _text(value: object) -> str:
     raise TypeError(f"no COPY text for {type(value).__name__} (JSON: pass its text)")
 
 
+def copy_line(row: Iterable) -> str:
+    """One row as a line of COPY's text format (without its newline): None is NULL, strings
+    escaped."""
+    return "\t".join(map(_text, row))
+
+
 def copy_text(rows: Iterable[Sequence]) -> str:
-    """Rows as COPY's text format: None is NULL, strings escaped."""
-    return "".join("\t".join(map(_text, row)) + "\n" for row in rows)
+    """Rows as COPY's text format."""
+    return "".join(copy_line(row) + "\n" for row in rows)
 
 
 # Rows COPYed per statement: the text of one piece is held in memory at a time.

@@ -97,6 +97,8 @@ class VisitorSeen:
 
 def visitors_upsert(*, client_id: int, visitors: list[VisitorSeen]) -> None:
     """Record issued visitor ids seen in events, with the server-side copy of their cookie (D5)."""
+    if not visitors:
+        return
     if connection.vendor == "postgresql":
         # COPY, without the ORM's per-field work: consolidation calls this for every visitor
         # it loads.

@@ -47,6 +47,7 @@ from aggregation.services.imports import import_reports_prune
 from aggregation.services.profiles import gc_paused, profiles_apply, profiles_settle
 from campaigns.mailtracking import LANDING_PARAMETER
 from campaigns.services.email_tracking import email_activities_load, recipients_of_landings
+from coremetrics.bulk import copy_line
 from coremetrics.models import Client
 
 logger = logging.getLogger(__name__)
@@ -624,21 +625,10 @@ def _copy_row(record: SpoolLine) -> str:
 
 def _copy_row_escaped(record: SpoolLine) -> str:
     """The record as a line of COPY's text format, any string escaped."""
-    return "\t".join(
-        _NULL if value is None else str(value) if type(value) is int else _copy_escape(value)
-        for value in (
-            *_record_columns(record),
-            _json(record.properties),
-        )
-    )
+    return copy_line((*_record_columns(record), _json(record.properties)))
 
 
 _NULL = "\\N"
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_escape(text: str) -> str:
-    return text.translate(_COPY_ESCAPES)
 
 
 def _events_copy(copy_text: str) -> int:

@@ -140,16 +140,7 @@ def profiles_apply(*, client_id: int, tallies: dict[str, ProfileTally], recomput
     written += _profiles_write(client_id, merged, now=now, idle=idle)
     visitors_upsert(
         client_id=client_id,
-        visitors=[
-            VisitorSeen(
-                visitor_id=visitor_id,
-                first_seen_at=tally.first_seen_at,
-                last_seen_at=tally.last_seen_at,
-                session_id=tally.latest_session_id,
-            )
-            for visitor_id, tally in [*fresh.items(), *merged.items()]
-            if tally.first and tally.latest
-        ],
+        visitors=[_visitor_seen(v, tally) for v, tally in [*fresh.items(), *merged.items()]],
     )
     if rest:
         written += profiles_rebuild(client_id=client_id, visitor_ids=rest)
@@ -201,6 +192,8 @@ def _profiles_write(
 ) -> int:
     """Write the profiles of these tallies; `are_new`: none of them has a profile yet (the caller
     holds their visitors' locks), so they are COPYed in without looking for one."""
+    if not tallies:
+        return 0
     # updated_at is when the profile was computed (settling compares it with the session's end).
     profiles = [
         {
@@ -280,20 +273,19 @@ def _tallies_read(
             if member is None:
                 member = own[visitor_id] = ProfileTally()
             member.add(row)
-    seen = [
-        VisitorSeen(
-            visitor_id=visitor_id,
-            first_seen_at=tally.first_seen_at,
-            last_seen_at=tally.last_seen_at,
-            session_id=tally.latest_session_id,
-        )
-        for visitor_id, tally in [
-            *own.items(),
-            *((v, t) for v, t in tallies.items() if v not in joined),
-        ]
-        if tally.first and tally.latest
-    ]
+    seen = [_visitor_seen(v, tally) for v, tally in own.items()]
+    seen += [_visitor_seen(v, tally) for v, tally in tallies.items() if v not in joined]
     return tallies, seen
+
+
+def _visitor_seen(visitor_id: str, tally: ProfileTally) -> VisitorSeen:
+    """A visitor's row from the tally of its own events (never empty)."""
+    return VisitorSeen(
+        visitor_id=visitor_id,
+        first_seen_at=tally.first_seen_at,
+        last_seen_at=tally.last_seen_at,
+        session_id=tally.latest_session_id,
+    )
 
 
 def _events_stream(client_id: int, visitor_ids: list[str]) -> Iterator[tuple[str, EventRow]]:

@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 
 from aggregation.records import (
+    TEXT_LIMITS,
     TRACKED_TYPES,
     RecordError,
     delivery_record,
@@ -14,6 +15,7 @@ from aggregation.records import (
     event_id_new,
     record_new,
     record_parse,
+    spool_line_decode,
 )
 
 RECEIVED_AT = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -409,10 +411,16 @@ def _with(**fields):
         (_with(url="u" * 2001), "url must be a string of at most 2000 characters"),
         (_with(currency=None), "currency must be a string of at most 3 characters"),
         (_with(visitor_id=""), "visitor_id is empty"),
-        (_with(content_id="12"), "content_id must be null or an integer from 0 to 2**63-1"),
-        (_with(content_id=2**63), "content_id must be null or an integer from 0 to 2**63-1"),
-        (_with(table_version=4.5), "table_version must be null or an integer from 0 to 2**31-1"),
-        (_with(table_version=-1), "table_version must be null or an integer from 0 to 2**31-1"),
+        (
+            _with(content_id="12"),
+            "content_id must be null or an integer from 0 to 9223372036854775807",
+        ),
+        (
+            _with(content_id=2**63),
+            "content_id must be null or an integer from 0 to 9223372036854775807",
+        ),
+        (_with(table_version=4.5), "table_version must be null or an integer from 0 to 2147483647"),
+        (_with(table_version=-1), "table_version must be null or an integer from 0 to 2147483647"),
         (_with(value="1e13"), "value must be a number of at most 999999999999.99"),
         (_with(value="ten"), "bad field: [<class 'decimal.ConversionSyntax'>]"),
         (_with(properties=[]), "properties must be an object"),
@@ -461,3 +469,16 @@ def test_a_delivery_record_is_the_record_record_new_makes():
     assert list(made) == list(expected)
     assert {**made, "event_id": "-"} == {**expected, "event_id": "-"}
     assert uuid.UUID(made["event_id"]).version == 4
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_LIMITS))
+def test_the_fast_reading_bounds_each_text_as_record_parse_does(name):
+    limit = TEXT_LIMITS[name]
+    at_limit = _with(**{name: "x" * limit})
+    beyond = _with(**{name: "x" * (limit + 1)})
+
+    assert getattr(spool_line_decode(at_limit), name) == "x" * limit
+    assert record_parse(at_limit)[name] == "x" * limit
+    assert spool_line_decode(beyond) is None  # the careful reading then refuses it
+    with pytest.raises(RecordError):
+        record_parse(beyond)
