@@ -13,8 +13,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from operator import itemgetter
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qs, urlsplit
+
+if TYPE_CHECKING:
+    from aggregation.records import SpoolLine
 
 CENT = Decimal("0.01")
 MAX_CATEGORIES = 100  # distinct categories kept per profile (alphabetically first)
@@ -161,7 +164,8 @@ class ProfileTally:
     def __bool__(self) -> bool:
         return self.first is not None
 
-    def add(self, row: EventRow) -> None:
+    def add(self, row: EventRow | SpoolLine) -> None:
+        """Add one event: a row read from the database, or a spool line as it is loaded."""
         at = row.occurred_at
         if not isinstance(at, str):
             at = utc_text(at)
@@ -186,7 +190,7 @@ class ProfileTally:
         elif kind == "cart_remove":
             self.cart_removes += 1
         elif kind == "purchase":
-            value = row.value or Decimal("0")
+            value = Decimal(row.value) if row.value else Decimal("0")  # text on a spool line
             if not row.order_id:
                 self.loose_orders += 1
                 self.loose_total += value

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import io
 import logging
 import os
+import signal
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from itertools import islice
 from operator import attrgetter
 from pathlib import Path
 
+import billiard
 import orjson
 import zstandard
 from django.conf import settings
@@ -27,13 +30,14 @@ from django.db import (
     InterfaceError,
     OperationalError,
     connection,
+    connections,
     transaction,
 )
 from django.utils import timezone
 
 from aggregation import spool
 from aggregation.models import ConsolidationRun, Event
-from aggregation.profiles import EventRow, ProfileTally
+from aggregation.profiles import ProfileTally
 from aggregation.records import (
     EMAIL_TYPES,
     RecordError,
@@ -138,11 +142,11 @@ def _consolidate(run: ConsolidationRun, *, seal_open: bool) -> None:
     paths = spool.spool_closed_files()
     with gc_paused():
         for path, outcome in _files_load(paths):
-            if isinstance(outcome, Exception):
-                errors.append(f"{path.name}: {type(outcome).__name__}: {outcome}")
+            if isinstance(outcome, FileFailure):
+                errors.append(f"{path.name}: {outcome.error}")
                 # A database that is away or busy is no fault of the file: only other errors
                 # count towards quarantine.
-                if not isinstance(outcome, OperationalError | InterfaceError):
+                if not outcome.no_fault:
                     _attempt_count(path)
                 continue
             run.files += 1
@@ -170,33 +174,64 @@ def _consolidate(run: ConsolidationRun, *, seal_open: bool) -> None:
     run.error = "\n".join(errors)
 
 
-def _files_load(paths: list[Path]) -> Iterator[tuple[Path, FileResult | Exception]]:
-    """Load files, CONSOLIDATION_WORKERS at a time on PostgreSQL (each worker a thread with its
-    own connection and transaction: PostgreSQL's COPY of one file and its index upkeep take one
-    core, and loads of other files go on beside it). Yields each file with its result or the
-    error that failed it."""
+def _files_load(paths: list[Path]) -> Iterator[tuple[Path, FileResult | FileFailure]]:
+    """Load files, CONSOLIDATION_WORKERS at a time on PostgreSQL, each in a process of its own
+    with its own connection and transaction (a file's parsing and profiles take a core of
+    Python, its COPY and index upkeep about as much of PostgreSQL: threads would share one
+    interpreter lock). Yields each file with its result or what failed it."""
     workers = settings.CONSOLIDATION_WORKERS if connection.vendor == "postgresql" else 1
     if workers <= 1 or len(paths) <= 1:
         for path in paths:
-            yield path, _file_load_or_error(path)
+            yield path, _file_load_or_failure(path)
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        yield from zip(paths, pool.map(_file_load_in_thread, paths), strict=True)
+    # The workers open connections of their own: none may inherit this process's.
+    connections.close_all()
+    # billiard, Celery's fork of multiprocessing: a Celery prefork worker's pool process is
+    # daemonic, and multiprocessing refuses such a process children; billiard does not.
+    context = billiard.get_context("fork")
+    with context.Pool(
+        processes=min(workers, len(paths)), initializer=_loader_start, initargs=(os.getpid(),)
+    ) as pool:
+        yield from zip(paths, pool.imap(_file_load_in_process, paths), strict=True)
 
 
-def _file_load_or_error(path: Path) -> FileResult | Exception:
+@dataclass
+class FileFailure:
+    """Why a file did not load (picklable, unlike some database errors): `no_fault` when the
+    database was away or busy, which does not count towards quarantine."""
+
+    error: str
+    no_fault: bool
+
+
+def _file_load_or_failure(path: Path) -> FileResult | FileFailure:
     try:
         return spool_file_load(path=path)
     except Exception as error:
         logger.exception("could not load spool file %s", path.name)
-        return error
+        return FileFailure(
+            error=f"{type(error).__name__}: {error}",
+            no_fault=isinstance(error, OperationalError | InterfaceError),
+        )
 
 
-def _file_load_in_thread(path: Path) -> FileResult | Exception:
+def _loader_start(parent: int) -> None:
+    """A loader process dies with the process that started it (killing a consolidation kills
+    its loads: their transactions roll back, and the next run loads the files again)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _file_load_in_process(path: Path) -> FileResult | FileFailure:
     try:
-        return _file_load_or_error(path)
+        return _file_load_or_failure(path)
     finally:
-        connection.close()  # this thread's own connection
+        connection.close()
 
 
 def archives_prune(*, now: datetime) -> int:
@@ -321,6 +356,8 @@ class _Slice:
 
     lines: list[bytes] = field(default_factory=list)
     first_number: int = 1
+    events: int = 0  # how many of its lines are events to load
+    # The events' records where there is no COPY text (SQLite): bulk_create loads them.
     records: list[SpoolLine] = field(default_factory=list)
     copy_text: str | None = None
     dead: list[tuple[int, str, bytes]] = field(default_factory=list)
@@ -383,30 +420,17 @@ def _slice_parse(
         if kind in EMAIL_TYPES:
             piece.email_records.append(parsed)
             continue
-        piece.records.append(record)
+        piece.events += 1
         if for_copy:
             rows.append(copy_row)
+        else:
+            piece.records.append(record)
         visitor_id = record.visitor_id
-        value = record.value
-        row = EventRow(
-            kind,
-            record.session_id,
-            record.occurred_at,
-            record.url,
-            record.referrer,
-            record.order_id,
-            None if value is None else Decimal(value),
-            record.email,
-            record.product_id,
-            record.category,
-            record.properties if kind == "custom" else None,
-            record.event_id,
-        )
         by_visitor = tallies[client_id]
         tally = by_visitor.get(visitor_id)
         if tally is None:
             tally = by_visitor[visitor_id] = ProfileTally()
-        tally.add(row)
+        tally.add(record)
         piece.visitors[client_id].add(visitor_id)
         if record.email:
             piece.emails[client_id][visitor_id] = record.email.lower()
@@ -483,13 +507,13 @@ def _file_load(path: Path, paths: dict[str, Path], result: FileResult) -> None:
                 loaded = _slice_load(piece)
                 loaded_all = False
             else:
-                loaded_all = loaded == len(piece.records) + len(piece.email_records)
+                loaded_all = loaded == piece.events + len(piece.email_records)
             for number, reason, line in piece.dead:
                 _dead_write(dead_file, number, reason, line)
             result.lines += len(piece.lines)
             result.bad_lines += len(piece.dead)
             result.loaded += loaded
-            result.duplicates += len(piece.records) + len(piece.email_records) - loaded
+            result.duplicates += piece.events + len(piece.email_records) - loaded
             for client_id, visitor_ids in piece.visitors.items():
                 if not loaded_all:
                     # Some of its events were known already (a file loaded before, an event
@@ -564,15 +588,15 @@ def _archive(path: Path, archive_dir: Path) -> None:
 def events_load(*, records: list[SpoolLine], copy_text: str | None = None) -> int:
     """Insert records, skipping event ids already present; returns how many were new.
 
-    On PostgreSQL `copy_text` may bring the records already written for COPY (copy_row), so
-    that the caller can prepare it in another thread.
+    On PostgreSQL `copy_text` may bring the records already written for COPY (copy_row) in
+    their place, so that the caller can prepare it in another thread.
     """
-    if not records:
-        return 0
     if connection.vendor == "postgresql":
         if copy_text is None:
             copy_text = "".join(_copy_row_escaped(record) + "\n" for record in records)
-        return _events_copy(copy_text)
+        return _events_copy(copy_text) if copy_text else 0
+    if not records:
+        return 0
     keys = {(record.client, record.event_id) for record in records}
     present = set()
     ids = sorted({event_id for _, event_id in keys})

@@ -78,7 +78,8 @@ def test_files_loaded_side_by_side_equal_a_rebuild(settings):
 
 def test_a_celery_prefork_worker_loads_files_side_by_side(settings):
     """Production runs consolidation in a Celery worker's (daemonic) pool process: its loads
-    side by side are threads, which such a process may start."""
+    side by side are billiard processes, which such a process may start (multiprocessing's
+    may not)."""
     settings.CONSOLIDATION_WORKERS = 2
     client = ClientFactory()
     for number in range(3):

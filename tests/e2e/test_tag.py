@@ -1,7 +1,7 @@
 """The tag (T1-T5) in Chromium, on client pages served from other origins than delivery."""
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -240,6 +240,11 @@ def test_every_event_type_is_batched_sent_on_page_hide_and_stored(live_server, s
     assert tracked.get(type="custom").properties == {"name": "newsletter_signup", "list": "weekly"}
     assert tracked.get(type="category_view").category == "clubs"
     assert len(sent) < 12  # batched: fewer requests than events
+    # Version 7 ids: their first 48 bits are when the tag made them, in milliseconds.
+    for event_id, occurred_at in tracked.values_list("event_id", "occurred_at"):
+        assert event_id.version == 7
+        made = datetime.fromtimestamp(int(event_id.hex[:12], 16) / 1000, UTC)
+        assert abs(made - occurred_at) < timedelta(seconds=5)
 
 
 def test_purchase_lost_to_the_network_is_retried_and_counted_once(live_server, sites, shop, page):
