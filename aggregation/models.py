@@ -96,10 +96,12 @@ class Profile(models.Model):
     first_seen_at = models.DateTimeField()
     last_seen_at = models.DateTimeField()
     updated_at = models.DateTimeField(auto_now=True)
-    # What the profile was finished from (aggregation.profiles.ProfileTally.state): the next
-    # consolidation adds its events to it instead of reading the visitor's history. Null when
-    # the visitor has too much history to keep (then it is recomputed from its events).
-    tally = models.JSONField(null=True, blank=True, editable=False)
+    # What the profile was finished from (aggregation.profiles.ProfileTally.state, as JSON
+    # text): the next consolidation adds its events to it instead of reading the visitor's
+    # history. Null when the visitor has too much history to keep (then it is recomputed from
+    # its events). Text, not jsonb: nothing queries inside it, and PostgreSQL took twice as
+    # long to write it as jsonb (parsed, then compressed by pglz; text is compressed by lz4).
+    tally = models.TextField(null=True, blank=True, editable=False)  # noqa: DJ001 (null: not kept)
 
     class Meta:
         ordering = ["-last_seen_at"]

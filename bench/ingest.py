@@ -7,14 +7,15 @@ Stages, each timed on its own:
 1. collect: a gunicorn server (2 sync workers, as in production) on loopback takes batches of
    100 events from 4 keep-alive client threads in this process;
 2. consolidation: one `spool_consolidate()` in this process (files loaded two at a time, each
-   by COPY in one transaction with its visitors' profiles);
+   in a loader process of its own, by COPY in one transaction with its visitors' profiles);
 3. returning visitors: a fifth as many events again, from visitors of the first round, through
    collect and a second consolidation (their profiles known: each merged with its kept tally);
 4. the profiles alone: `profiles_rebuild_all()` over all the events, which must give exactly
    the profiles consolidation made.
 It ends with one JSON line: collect_events_per_s, consolidate_events_per_s,
 returning_consolidate_events_per_s, profiles_per_s, profiles_equal_rebuild, peak_rss_mb (the
-largest resident size of this process, which runs the consolidation).
+largest resident size of one process: this one, which runs the collect clients and the
+consolidation, or one it started and waited for: the loaders, gunicorn and its workers).
 Runs in a database of its own (coremetrics_bench), dropped and created anew.
 """
 
@@ -143,7 +144,13 @@ def main() -> None:
         "returning_consolidate_events_per_s": round(again.loaded / returning_seconds),
         "profiles_per_s": round(profiles / profile_seconds),
         "profiles_equal_rebuild": consolidated == rebuilt,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": round(
+            max(
+                resource.getrusage(who).ru_maxrss
+                for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+            )
+            / 1024
+        ),
     }
     print(
         f"collect: {sent} events in {collect_seconds:.1f} s; consolidation: {run.loaded} events, "

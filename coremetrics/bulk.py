@@ -69,6 +69,18 @@ def rows_upsert(
         cursor.execute(
             f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA"
         )
+        # Values are compressed as they enter the stage and moved as they are: the stage's
+        # columns take the table's compression methods (lz4 for kept tallies).
+        cursor.execute(
+            "SELECT attname, attcompression FROM pg_attribute WHERE attrelid = %s::regclass "
+            "AND attcompression <> '' AND attname = ANY(%s)",
+            [table, list(columns)],
+        )
+        for name, method in cursor.fetchall():
+            cursor.execute(
+                f"ALTER TABLE {stage} ALTER COLUMN {name} SET COMPRESSION "
+                f"{'lz4' if method == 'l' else 'pglz'}"
+            )
         _copy(stage, columns, rows)
         cursor.execute(
             f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "

@@ -167,19 +167,18 @@ def _tallies_kept(client_id: int, visitor_ids: list[str]) -> dict[str, dict | No
                 "WHERE client_id = %s AND visitor_id = ANY(%s)",
                 [client_id, visitor_ids],
             )
-            # Django hands jsonb over as text (it decodes JSON fields itself).
-            return {
-                visitor_id: None if tally is None else orjson.loads(tally)
-                for visitor_id, tally in cursor.fetchall()
-            }
-    found: dict[str, dict | None] = {}
-    for start in range(0, len(visitor_ids), 500):
-        found.update(
-            Profile.objects.filter(
+            found = cursor.fetchall()
+    else:
+        found = [
+            row
+            for start in range(0, len(visitor_ids), 500)
+            for row in Profile.objects.filter(
                 client_id=client_id, visitor_id__in=visitor_ids[start : start + 500]
             ).values_list("visitor_id", "tally")
-        )
-    return found
+        ]
+    return {
+        visitor_id: None if tally is None else orjson.loads(tally) for visitor_id, tally in found
+    }
 
 
 def _profiles_write(
@@ -198,7 +197,7 @@ def _profiles_write(
     profiles = [
         {
             **profile_finish(tally.totals(now=now, idle=idle)),
-            "tally": tally.state(),
+            "tally": _tally_text(tally.state()),
             "visitor_id": visitor_id,
             "updated_at": now,
         }
@@ -236,7 +235,7 @@ def _profiles_write(
     return len(profiles)
 
 
-JSON_FIELDS = {"categories", "attributes", "tally"}
+JSON_FIELDS = {"categories", "attributes"}
 
 
 # An event's time as profiles.utc_text writes it: microseconds only when there are some
@@ -349,6 +348,12 @@ def _links(client_id: int, column: str, visitor_ids: Collection[str]) -> dict[st
 
 def _json_text(value: object) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
+
+
+def _tally_text(state: dict | None) -> str | None:
+    """A kept tally as text, its keys sorted: one tally, one text, whatever order its events
+    came in."""
+    return None if state is None else orjson.dumps(state, option=orjson.OPT_SORT_KEYS).decode()
 
 
 PROFILE_FIELDS = [
