@@ -75,7 +75,10 @@ class Profile(models.Model):
         CAMPAIGN = "campaign", "Campaign"
         EMAIL = "email", "Email"
 
-    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="profiles")
+    # No index of its own: the unique (client, visitor_id) index begins with the client.
+    client = models.ForeignKey(
+        Client, on_delete=models.CASCADE, related_name="profiles", db_index=False
+    )
     visitor_id = models.CharField(max_length=64)
     visits = models.PositiveIntegerField(default=0)
     page_views = models.PositiveIntegerField(default=0)

@@ -6,7 +6,10 @@ from coremetrics.models import Client
 class Visitor(models.Model):
     """A server-issued visitor id (D5) and the server-side copy of the visitor's cookie data."""
 
-    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="visitors")
+    # No index of its own: the unique (client, visitor_id) index begins with the client.
+    client = models.ForeignKey(
+        Client, on_delete=models.CASCADE, related_name="visitors", db_index=False
+    )
     visitor_id = models.CharField(max_length=64)
     cookie_data = models.JSONField(default=dict, blank=True)
     first_seen_at = models.DateTimeField()
