@@ -26,7 +26,7 @@ from coremetrics.api import (
 class ProfileSerializer(TenantModelSerializer):
     class Meta:
         model = Profile
-        exclude = ["client"]
+        exclude = ["client", "tally"]  # the tally is consolidation's own
 
 
 class ProfileViewSet(TenantReadOnlyViewSet):

@@ -190,7 +190,8 @@ class ProfileTally:
         elif kind == "cart_remove":
             self.cart_removes += 1
         elif kind == "purchase":
-            value = Decimal(row.value) if row.value else Decimal("0")  # text on a spool line
+            # Text on a spool line, a Decimal from the database: the same number either way.
+            value = Decimal("0") if row.value is None else Decimal(row.value)
             if not row.order_id:
                 self.loose_orders += 1
                 self.loose_total += value

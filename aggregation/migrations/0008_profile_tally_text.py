@@ -3,13 +3,13 @@ jsonb (parsed, then compressed by pglz) took PostgreSQL twice as long."""
 
 from django.db import migrations, models
 
-# lz4 where the server has it (PostgreSQL 14 and later, when built with it, as Debian's and
-# the official images are); pglz, the default, otherwise.
+# lz4 where the server was built with it (as Debian's and the official images are); pglz, the
+# default, otherwise. (Django 5.2 asks for PostgreSQL 14 or later, which has SET COMPRESSION.)
 LZ4 = """
 DO $$
 BEGIN
     ALTER TABLE aggregation_profile ALTER COLUMN tally SET COMPRESSION lz4;
-EXCEPTION WHEN feature_not_supported OR syntax_error THEN
+EXCEPTION WHEN feature_not_supported THEN
     RAISE NOTICE 'lz4 compression not available: kept tallies stay compressed by pglz';
 END
 $$

@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import signal
+import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
@@ -185,24 +186,43 @@ def _files_load(paths: list[Path]) -> Iterator[tuple[Path, FileResult | FileFail
         for path in paths:
             yield path, _file_load_or_failure(path)
         return
-    # The workers open connections of their own: none may inherit this process's.
+    if connection.in_atomic_block:
+        raise RuntimeError("loader processes cannot load files inside this process's transaction")
+    # The loaders open connections of their own: none may inherit this process's.
     connections.close_all()
-    # Processes of billiard, Celery's fork of multiprocessing: a Celery prefork worker's pool
-    # process is daemonic, and multiprocessing refuses such a process children; billiard does
-    # not. concurrent.futures' pool, not billiard's: it stops in milliseconds, billiard's in
-    # about a second.
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(paths)),
-        mp_context=billiard.get_context("fork"),
-        initializer=_loader_start,
-        initargs=(os.getpid(),),
-    ) as pool:
+    broken = []
+    with _loaders(min(workers, len(paths))) as pool:
         loads = [pool.submit(_file_load_in_process, path) for path in paths]
         for path, load in zip(paths, loads, strict=True):
             try:
                 yield path, load.result()
-            except BrokenProcessPool as error:  # a loader killed (out of memory, a signal)
-                yield path, FileFailure(error=f"BrokenProcessPool: {error}", no_fault=False)
+            except BrokenProcessPool:
+                broken.append(path)
+            except Exception as error:
+                yield path, FileFailure(error=f"{type(error).__name__}: {error}", no_fault=False)
+    # A loader died (out of memory, killed) and took the pool down: each file not loaded yet
+    # is loaded again, alone, so that only a file that kills its own loader fails.
+    for path in broken:
+        if not path.exists():  # loaded and removed before the pool went down: nothing to do
+            continue
+        with _loaders(1) as pool:
+            try:
+                yield path, pool.submit(_file_load_in_process, path).result()
+            except BrokenProcessPool as error:
+                yield path, FileFailure(error=f"its loader died: {error}", no_fault=False)
+
+
+def _loaders(count: int) -> ProcessPoolExecutor:
+    """A pool of loader processes. billiard's, Celery's fork of multiprocessing: a Celery
+    prefork worker's pool process is daemonic, and multiprocessing refuses such a process
+    children; billiard does not. In concurrent.futures' pool, not billiard's: it stops in
+    milliseconds, billiard's in about a second."""
+    return ProcessPoolExecutor(
+        max_workers=count,
+        mp_context=billiard.get_context("fork"),
+        initializer=_loader_start,
+        initargs=(os.getpid(),),
+    )
 
 
 @dataclass
@@ -226,14 +246,28 @@ def _file_load_or_failure(path: Path) -> FileResult | FileFailure:
 
 
 def _loader_start(parent: int) -> None:
-    """A loader process dies with the process that started it (killing a consolidation kills
-    its loads: their transactions roll back, and the next run loads the files again)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    """A loader process takes signals as a plain process does: not as its parent's handlers
+    would (a Celery pool process's SIGTERM raises SystemExit, which the pool's worker loop
+    catches and goes on loading). It dies with the process that started it (Linux): killing
+    a consolidation kills its loads, whose transactions roll back, and the next run loads the
+    files again."""
+    for number in _PARENT_HANDLED_SIGNALS:
+        signal.signal(number, signal.SIG_DFL)
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
 
+_PARENT_HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 _PR_SET_PDEATHSIG = 1
 
 

@@ -3,6 +3,7 @@ profiles a rebuild from the events makes (A3, A5)."""
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -177,3 +178,56 @@ def test_deleting_a_client_waits_for_the_load_of_its_events_then_takes_them():
 
     assert deleted.is_set()
     assert not Event.objects.filter(client_id=client.pk).exists()
+
+
+def test_a_file_that_kills_its_loader_fails_alone(settings, monkeypatch):
+    """A loader that dies (out of memory, killed) takes the pool down; every file it did not
+    finish is loaded again alone, so only the file that kills its own loader fails and counts
+    towards quarantine."""
+    from aggregation.services import consolidation
+
+    settings.CONSOLIDATION_WORKERS = 2
+    client = ClientFactory()
+    for number in range(4):
+        writer = SpoolWriter(settings.SPOOL_DIR, 1 << 30, 3600)
+        writer.append(
+            _event(random.Random(number), client.pk, f"v{index % 10}", START)
+            for index in range(200)
+        )
+        writer.close()
+    closed = spool_paths()["closed"]
+    culprit = sorted(closed.glob("*.jsonl"))[1]
+    real_load = consolidation.spool_file_load
+
+    def load_or_die(*, path):
+        if path.name == culprit.name:
+            os._exit(9)  # in the loader process: as the kernel's OOM killer would end it
+        return real_load(path=path)
+
+    monkeypatch.setattr(consolidation, "spool_file_load", load_or_die)  # inherited by fork
+    run = spool_consolidate()
+
+    assert (run.status, run.files, run.loaded) == ("failed", 3, 600)
+    assert run.error.startswith(f"{culprit.name}: its loader died")
+    assert [path.name for path in closed.iterdir()] == sorted(
+        [culprit.name, f"{culprit.name}.attempts"]
+    )
+    assert (closed / f"{culprit.name}.attempts").read_text() == "1"
+    assert Event.objects.filter(client=client).count() == 600
+
+
+def test_a_loader_takes_signals_as_a_plain_process_not_as_celery_s_pool_process():
+    """Celery's pool process turns SIGTERM into SystemExit, which a pool's worker loop would
+    catch and go on loading files the consolidation has given up on."""
+    from aggregation.services.consolidation import _loaders
+
+    def celery_like(signum, frame):
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, celery_like)
+    try:
+        with _loaders(1) as pool:
+            handler = pool.submit(signal.getsignal, signal.SIGTERM).result()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert handler == signal.SIG_DFL

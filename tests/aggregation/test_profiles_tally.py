@@ -204,3 +204,35 @@ def test_the_database_writes_times_as_utc_text_does(moment):
         [(text,)] = cursor.fetchall()
 
     assert text == utc_text(moment)
+
+
+@pytest.mark.parametrize("value", [None, "0.00", "349.00", "0.01"])
+def test_a_spool_line_and_the_database_row_of_one_purchase_make_one_tally(value):
+    """Consolidation tallies spool lines (the value as text), a rebuild database rows (a
+    Decimal): the kept tallies must be the same text, zero included."""
+    from aggregation.records import SpoolLine
+    from aggregation.services.profiles import _tally_text
+
+    at = utc_text(START)
+    event_id = "00000000-0000-4000-8000-000000000001"
+    line = SpoolLine(
+        event_id=event_id, client=1, type="purchase", visitor_id="v1", session_id="s1",
+        occurred_at=at, received_at=at, url="https://shop.example/", referrer="",
+        campaign_key="", placement_key="", content_id=None, table_version=None,
+        product_id="", category="", order_id="o1", value=value, currency="USD", email="",
+        properties={},
+    )  # fmt: skip
+    row = EventRow(
+        "purchase",
+        "s1",
+        at,
+        url="https://shop.example/",
+        order_id="o1",
+        value=None if value is None else Decimal(value),
+        event_id=event_id,
+    )
+    from_line, from_row = ProfileTally(), ProfileTally()
+    from_line.add(line)
+    from_row.add(row)
+
+    assert _tally_text(from_line.state()) == _tally_text(from_row.state())
