@@ -209,9 +209,10 @@ def test_a_file_that_kills_its_loader_fails_alone(settings, monkeypatch):
 
     assert (run.status, run.files, run.loaded) == ("failed", 3, 600)
     assert run.error.startswith(f"{culprit.name}: its loader died")
-    assert [path.name for path in closed.iterdir()] == sorted(
-        [culprit.name, f"{culprit.name}.attempts"]
-    )
+    assert sorted(path.name for path in closed.iterdir()) == [
+        culprit.name,
+        f"{culprit.name}.attempts",
+    ]
     assert (closed / f"{culprit.name}.attempts").read_text() == "1"
     assert Event.objects.filter(client=client).count() == 600
 
