@@ -21,7 +21,7 @@ from aggregation.profiles import (
     ProfileTally,
     profile_finish,
 )
-from coremetrics.bulk import rows_insert, rows_upsert
+from coremetrics.bulk import copy_line, lines_insert, lines_upsert
 from delivery.services import VisitorSeen, visitors_upsert
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,10 @@ def profiles_apply(*, client_id: int, tallies: dict[str, ProfileTally], recomput
     now = timezone.now()
     idle = timedelta(minutes=settings.SESSION_IDLE_MINUTES)
     visitor_ids = [*tallies, *(recompute - tallies.keys())]
+    # The profiles of visitors without one (most, in a file of new visitors) are made before
+    # the locks are taken, so that a loader holds its visitors' locks, which other loaders may
+    # be waiting for, only to write. A visitor given a profile meanwhile is merged under them.
+    early = _profile_lines_early(client_id, tallies, recompute, now=now, idle=idle)
     identities_lock(client_id, exclusive=False)
     links = _links_of(client_id, visitor_ids)
     # Every bucket this transaction needs, in one ascending sweep (profiles_rebuild's own lock
@@ -136,7 +140,7 @@ def profiles_apply(*, client_id: int, tallies: dict[str, ProfileTally], recomput
             merged[visitor_id] = ProfileTally.from_state(state).merge(tally)
         else:
             rest.add(visitor_id)
-    written = _profiles_write(client_id, fresh, now=now, idle=idle, are_new=True)
+    written = _profiles_write(client_id, fresh, now=now, idle=idle, are_new=True, lines=early)
     written += _profiles_write(client_id, merged, now=now, idle=idle)
     visitors_upsert(
         client_id=client_id,
@@ -145,6 +149,32 @@ def profiles_apply(*, client_id: int, tallies: dict[str, ProfileTally], recomput
     if rest:
         written += profiles_rebuild(client_id=client_id, visitor_ids=rest)
     return written
+
+
+def _profile_lines_early(
+    client_id: int,
+    tallies: dict[str, ProfileTally],
+    recompute: set[str],
+    *,
+    now: datetime,
+    idle: timedelta,
+) -> dict[str, str]:
+    """The COPY lines of the profiles of these visitors who have none yet (PostgreSQL: SQLite
+    has one writer at a time), from their tallies alone."""
+    if connection.vendor != "postgresql":
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT visitor_id FROM aggregation_profile "
+            "WHERE client_id = %s AND visitor_id = ANY(%s)",
+            [client_id, list(tallies)],
+        )
+        present = {visitor_id for (visitor_id,) in cursor.fetchall()}
+    return {
+        visitor_id: _profile_line(client_id, _profile_of(visitor_id, tally, now=now, idle=idle))
+        for visitor_id, tally in tallies.items()
+        if tally and visitor_id not in present and visitor_id not in recompute
+    }
 
 
 def profiles_refinish(*, client_id: int, visitor_ids: set[str]) -> int:
@@ -188,51 +218,65 @@ def _profiles_write(
     now: datetime,
     idle: timedelta,
     are_new: bool = False,
+    lines: dict[str, str] | None = None,
 ) -> int:
     """Write the profiles of these tallies; `are_new`: none of them has a profile yet (the caller
-    holds their visitors' locks), so they are COPYed in without looking for one."""
+    holds their visitors' locks), so they are COPYed in without looking for one. `lines`: the
+    COPY lines (_profile_line) of some of them, made already."""
     if not tallies:
         return 0
-    # updated_at is when the profile was computed (settling compares it with the session's end).
-    profiles = [
-        {
-            **profile_finish(tally.totals(now=now, idle=idle)),
-            "tally": _tally_text(tally.state()),
-            "visitor_id": visitor_id,
-            "updated_at": now,
-        }
-        for visitor_id, tally in tallies.items()
-    ]
     if connection.vendor != "postgresql":
         Profile.objects.bulk_create(
-            [Profile(client_id=client_id, **profile) for profile in profiles],
+            [
+                Profile(client_id=client_id, **_profile_of(visitor_id, tally, now=now, idle=idle))
+                for visitor_id, tally in tallies.items()
+            ],
             update_conflicts=True,
             unique_fields=["client", "visitor_id"],
             update_fields=PROFILE_FIELDS,
         )
-        return len(profiles)
-    columns = ["client_id", "visitor_id", *PROFILE_FIELDS]
-    rows = (
+        return len(tallies)
+    made = lines or {}
+    profile_lines = (
+        made.get(visitor_id)
+        or _profile_line(client_id, _profile_of(visitor_id, tally, now=now, idle=idle))
+        for visitor_id, tally in tallies.items()
+    )
+    if are_new:
+        lines_insert(table="aggregation_profile", columns=PROFILE_COLUMNS, lines=profile_lines)
+    else:
+        lines_upsert(
+            table="aggregation_profile",
+            columns=PROFILE_COLUMNS,
+            lines=profile_lines,
+            conflict=["client_id", "visitor_id"],
+            update=PROFILE_FIELDS,
+        )
+    return len(tallies)
+
+
+def _profile_of(visitor_id: str, tally: ProfileTally, *, now: datetime, idle: timedelta) -> dict:
+    """A profile's field values, finished now from its tally."""
+    # updated_at is when the profile was computed (settling compares it with the session's end).
+    return {
+        **profile_finish(tally.totals(now=now, idle=idle)),
+        "tally": _tally_text(tally.state()),
+        "visitor_id": visitor_id,
+        "updated_at": now,
+    }
+
+
+def _profile_line(client_id: int, profile: dict) -> str:
+    """A profile as a COPY line, in PROFILE_COLUMNS order."""
+    return copy_line(
         [
             client_id,
             *(
                 _json_text(profile[name]) if name in JSON_FIELDS else profile[name]
-                for name in columns[1:]
+                for name in PROFILE_COLUMNS[1:]
             ),
         ]
-        for profile in profiles
     )
-    if are_new:
-        rows_insert(table="aggregation_profile", columns=columns, rows=rows)
-    else:
-        rows_upsert(
-            table="aggregation_profile",
-            columns=columns,
-            rows=rows,
-            conflict=["client_id", "visitor_id"],
-            update=PROFILE_FIELDS,
-        )
-    return len(profiles)
 
 
 JSON_FIELDS = {"categories", "attributes"}
@@ -376,6 +420,7 @@ PROFILE_FIELDS = [
     "last_seen_at",
     "updated_at",
 ]
+PROFILE_COLUMNS = ["client_id", "visitor_id", *PROFILE_FIELDS]
 
 
 def profiles_rebuild_all(*, client_id: int | None = None) -> int:

@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.forms.models import model_to_dict
 
 from aggregation.models import Profile
@@ -134,3 +135,44 @@ def test_profiles_of_texts_that_need_escapes_equal_a_rebuild():
         set(Visitor.objects.filter(client=client).values_list("visitor_id", "last_seen_at")) == seen
     )
     assert any("\\" in str(profile["attributes"]) for profile in incremental.values())
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="profiles made before the locks: PostgreSQL"
+)
+def test_a_visitor_given_a_profile_while_its_new_profile_was_being_made_is_merged(monkeypatch):
+    """profiles_apply makes the profiles of visitors who have none before it takes their locks;
+    one given a profile meanwhile (another loader committed it) is merged under the locks, not
+    inserted a second time."""
+    from aggregation.profiles import EventRow, ProfileTally
+    from aggregation.services import profiles as profiles_service
+
+    client = ClientFactory()
+    theirs, ours = ProfileTally(), ProfileTally()
+    theirs.add(EventRow("page_view", "s1", START, event_id="00000000-0000-4000-8000-000000000001"))
+    ours.add(
+        EventRow(
+            "cart_add",
+            "s1",
+            START + timedelta(minutes=1),
+            event_id="00000000-0000-4000-8000-000000000002",
+        )
+    )
+    made_early = profiles_service._profile_lines_early
+
+    def made_early_then_another_loader_commits(client_id, tallies, recompute, *, now, idle):
+        lines = made_early(client_id, tallies, recompute, now=now, idle=idle)
+        assert set(lines) == {"v1"}
+        profiles_service._profiles_write(
+            client_id, {"v1": theirs}, now=now, idle=idle, are_new=True
+        )
+        return lines
+
+    monkeypatch.setattr(
+        profiles_service, "_profile_lines_early", made_early_then_another_loader_commits
+    )
+    profiles_service.profiles_apply(client_id=client.pk, tallies={"v1": ours}, recompute=set())
+
+    profile = Profile.objects.get(client=client, visitor_id="v1")
+    assert (profile.visits, profile.page_views, profile.cart_adds) == (1, 1, 1)
+    assert profile.first_seen_at == START

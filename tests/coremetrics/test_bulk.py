@@ -10,7 +10,7 @@ from django.db import connection
 from aggregation.models import Profile
 from aggregation.profiles import EventRow, ProfileTally
 from aggregation.services.profiles import _profiles_write
-from coremetrics.bulk import COPY_ROWS, copy_text, rows_insert, rows_upsert
+from coremetrics.bulk import COPY_ROWS, copy_line, rows_insert, rows_upsert
 from tests.factories import ClientFactory
 
 pytestmark = [
@@ -95,10 +95,10 @@ def test_a_value_without_a_copy_text_is_refused():
     class Label(str):
         pass
 
-    assert copy_text([[Label("a\tb")]]) == "a\\tb\n"
+    assert copy_line([Label("a\tb"), Label("plain")]) == "a\\tb\tplain"
     for value in ({"k": 1}, [1], b"x"):
         with pytest.raises(TypeError):
-            copy_text([[value]])
+            copy_line([value])
 
 
 def test_a_profile_and_its_tally_come_back_whatever_its_texts():
