@@ -50,7 +50,12 @@ from aggregation.records import (
 )
 from aggregation.services.identities import identities_stitch
 from aggregation.services.imports import import_reports_prune
-from aggregation.services.profiles import gc_paused, profiles_apply, profiles_settle
+from aggregation.services.profiles import (
+    gc_paused,
+    profiles_apply,
+    profiles_made_early,
+    profiles_settle,
+)
 from campaigns.mailtracking import LANDING_PARAMETER
 from campaigns.services.email_tracking import email_activities_load, recipients_of_landings
 from coremetrics.bulk import copy_line
@@ -571,13 +576,24 @@ def _file_load(path: Path, paths: dict[str, Path], result: FileResult) -> None:
         # address.
         for client_id, addresses in recipients_of_landings(landings=landings).items():
             emails[client_id] = {**addresses, **emails[client_id]}
+        # Every client's new profiles are made before the first lock (stitching's, then the
+        # visitors'), so that no other loader waits for that work.
+        early = {
+            client_id: profiles_made_early(
+                client_id=client_id, tallies=by_visitor, recompute=recompute[client_id]
+            )
+            for client_id, by_visitor in tallies.items()
+        }
         # Ascending clients: with the visitor locks' ascending buckets, one global lock order.
         for client_id, by_visitor in sorted(tallies.items()):
             if emails[client_id]:
                 joined = identities_stitch(client_id=client_id, emails=emails[client_id])
                 recompute[client_id] |= joined
             result.profiles += profiles_apply(
-                client_id=client_id, tallies=by_visitor, recompute=recompute[client_id]
+                client_id=client_id,
+                tallies=by_visitor,
+                recompute=recompute[client_id],
+                early=early[client_id],
             )
     # Their profiles changed: rebuild their tables.
     result.client_ids = {client_id for client_id, by_visitor in tallies.items() if by_visitor}

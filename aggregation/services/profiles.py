@@ -7,6 +7,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import orjson
@@ -94,7 +95,36 @@ def profiles_rebuild(*, client_id: int, visitor_ids: set[str]) -> int:
     return written
 
 
-def profiles_apply(*, client_id: int, tallies: dict[str, ProfileTally], recompute: set[str]) -> int:
+@dataclass
+class EarlyProfiles:
+    """The COPY lines of profiles of visitors who had none, made before any of their locks
+    was taken (profiles_made_early), and the time they were made."""
+
+    now: datetime
+    lines: dict[str, str]
+
+
+def profiles_made_early(
+    *, client_id: int, tallies: dict[str, ProfileTally], recompute: set[str]
+) -> EarlyProfiles:
+    """Make the profiles of these visitors who have none yet (most, in a file of new visitors)
+    before the locks are taken, so that a loader holds its visitors' locks, which other loaders
+    may be waiting for, only to write. profiles_apply decides under the locks which of them
+    are still new (one given a profile meanwhile is merged instead)."""
+    now = timezone.now()
+    idle = timedelta(minutes=settings.SESSION_IDLE_MINUTES)
+    return EarlyProfiles(
+        now=now, lines=_profile_lines_early(client_id, tallies, recompute, now=now, idle=idle)
+    )
+
+
+def profiles_apply(
+    *,
+    client_id: int,
+    tallies: dict[str, ProfileTally],
+    recompute: set[str],
+    early: EarlyProfiles | None = None,
+) -> int:
     """The profiles of visitors whose events were just loaded (in the loader's transaction),
     given the tally of those events per visitor.
 
@@ -112,13 +142,11 @@ def profiles_apply(*, client_id: int, tallies: dict[str, ProfileTally], recomput
     """
     if not tallies and not recompute:
         return 0
-    now = timezone.now()
+    if early is None:
+        early = profiles_made_early(client_id=client_id, tallies=tallies, recompute=recompute)
+    now = early.now
     idle = timedelta(minutes=settings.SESSION_IDLE_MINUTES)
     visitor_ids = [*tallies, *(recompute - tallies.keys())]
-    # The profiles of visitors without one (most, in a file of new visitors) are made before
-    # the locks are taken, so that a loader holds its visitors' locks, which other loaders may
-    # be waiting for, only to write. A visitor given a profile meanwhile is merged under them.
-    early = _profile_lines_early(client_id, tallies, recompute, now=now, idle=idle)
     identities_lock(client_id, exclusive=False)
     links = _links_of(client_id, visitor_ids)
     # Every bucket this transaction needs, in one ascending sweep (profiles_rebuild's own lock
@@ -140,7 +168,7 @@ def profiles_apply(*, client_id: int, tallies: dict[str, ProfileTally], recomput
             merged[visitor_id] = ProfileTally.from_state(state).merge(tally)
         else:
             rest.add(visitor_id)
-    written = _profiles_write(client_id, fresh, now=now, idle=idle, are_new=True, lines=early)
+    written = _profiles_write(client_id, fresh, now=now, idle=idle, are_new=True, lines=early.lines)
     written += _profiles_write(client_id, merged, now=now, idle=idle)
     visitors_upsert(
         client_id=client_id,
@@ -161,19 +189,22 @@ def _profile_lines_early(
 ) -> dict[str, str]:
     """The COPY lines of the profiles of these visitors who have none yet (PostgreSQL: SQLite
     has one writer at a time), from their tallies alone."""
-    if connection.vendor != "postgresql":
+    candidates = [v for v, tally in tallies.items() if tally and v not in recompute]
+    if connection.vendor != "postgresql" or not candidates:
         return {}
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT visitor_id FROM aggregation_profile "
             "WHERE client_id = %s AND visitor_id = ANY(%s)",
-            [client_id, list(tallies)],
+            [client_id, candidates],
         )
         present = {visitor_id for (visitor_id,) in cursor.fetchall()}
     return {
-        visitor_id: _profile_line(client_id, _profile_of(visitor_id, tally, now=now, idle=idle))
-        for visitor_id, tally in tallies.items()
-        if tally and visitor_id not in present and visitor_id not in recompute
+        visitor_id: _profile_line(
+            client_id, _profile_of(visitor_id, tallies[visitor_id], now=now, idle=idle)
+        )
+        for visitor_id in candidates
+        if visitor_id not in present
     }
 
 

@@ -176,3 +176,42 @@ def test_a_visitor_given_a_profile_while_its_new_profile_was_being_made_is_merge
     profile = Profile.objects.get(client=client, visitor_id="v1")
     assert (profile.visits, profile.page_views, profile.cart_adds) == (1, 1, 1)
     assert profile.first_seen_at == START
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="profiles made before the locks: PostgreSQL"
+)
+def test_a_file_s_new_profiles_are_made_before_any_of_its_locks_and_written_as_made(
+    monkeypatch,
+):
+    """Every client's new profiles are made before the loader's first lock (other loaders may
+    wait for those locks), and not made again under them."""
+    from aggregation.services import profiles as profiles_service
+
+    rng = random.Random(3)
+    clients = [ClientFactory(), ClientFactory()]
+    spool_append(
+        [
+            _event(rng, client.pk, f"v{number}", START + timedelta(minutes=number))
+            for client in clients
+            for number in range(5)
+        ]
+    )
+    steps = []
+
+    def logged(name, function):
+        def wrapper(*args, **kwargs):
+            steps.append(name)
+            return function(*args, **kwargs)
+
+        monkeypatch.setattr(profiles_service, name, wrapper)
+
+    for name in ("_profile_line", "_visitors_lock", "identities_lock"):
+        logged(name, getattr(profiles_service, name))
+
+    run = spool_consolidate()
+
+    assert (run.status, run.profiles_updated) == ("done", 10)
+    first_lock = min(steps.index("_visitors_lock"), steps.index("identities_lock"))
+    assert steps[:first_lock] == ["_profile_line"] * 10
+    assert "_profile_line" not in steps[first_lock:]
