@@ -43,6 +43,12 @@ ROOT = Path(__file__).resolve().parent.parent
 THREADS = 4
 
 
+def _peak_mb(who: int) -> int:
+    """The largest resident size of this process (RUSAGE_SELF) or of any process it started
+    and waited for (RUSAGE_CHILDREN), in MB."""
+    return round(resource.getrusage(who).ru_maxrss / 1024)
+
+
 def _event_id(now_ms: int, rng: random.Random) -> str:
     """An event id as the tag makes one: a version 7 UUID (the time in its first 48 bits)."""
     bits = (
@@ -144,19 +150,15 @@ def main() -> None:
         "returning_consolidate_events_per_s": round(again.loaded / returning_seconds),
         "profiles_per_s": round(profiles / profile_seconds),
         "profiles_equal_rebuild": consolidated == rebuilt,
-        "peak_rss_mb": round(
-            max(
-                resource.getrusage(who).ru_maxrss
-                for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-            )
-            / 1024
-        ),
+        "peak_rss_mb": max(_peak_mb(resource.RUSAGE_SELF), _peak_mb(resource.RUSAGE_CHILDREN)),
     }
     print(
         f"collect: {sent} events in {collect_seconds:.1f} s; consolidation: {run.loaded} events, "
         f"{run.profiles_updated} profiles in {consolidate_seconds:.1f} s; returning visitors: "
         f"{again.loaded} events, {again.profiles_updated} profiles in {returning_seconds:.1f} s; "
-        f"profiles alone: {profiles} in {profile_seconds:.1f} s",
+        f"profiles alone: {profiles} in {profile_seconds:.1f} s; peak resident memory: this "
+        f"process {_peak_mb(resource.RUSAGE_SELF)} MB (it holds both profile snapshots to "
+        f"compare them), the largest of the others {_peak_mb(resource.RUSAGE_CHILDREN)} MB",
         file=sys.stderr,
     )
     print(json.dumps(figures))
