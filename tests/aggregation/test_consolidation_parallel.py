@@ -33,6 +33,17 @@ START = datetime(2026, 9, 1, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _spool_files(settings, client_id: int, *, files: int, events: int, visitors: int) -> None:
+    """Closed spool files of `events` events each, from `visitors` visitors."""
+    for number in range(files):
+        writer = SpoolWriter(settings.SPOOL_DIR, 1 << 30, 3600)
+        writer.append(
+            _event(random.Random(number), client_id, f"v{index % visitors}", START)
+            for index in range(events)
+        )
+        writer.close()
+
+
 def test_files_loaded_side_by_side_equal_a_rebuild(settings):
     settings.CONSOLIDATION_WORKERS = 2
     rng = random.Random(8)
@@ -83,13 +94,7 @@ def test_a_celery_prefork_worker_loads_files_side_by_side(settings):
     may not)."""
     settings.CONSOLIDATION_WORKERS = 2
     client = ClientFactory()
-    for number in range(3):
-        writer = SpoolWriter(settings.SPOOL_DIR, 1 << 30, 3600)
-        writer.append(
-            _event(random.Random(number), client.pk, f"v{index % 40}", START)
-            for index in range(500)
-        )
-        writer.close()
+    _spool_files(settings, client.pk, files=3, events=500, visitors=40)
     db = connection.settings_dict
     env = {
         **os.environ,
@@ -188,13 +193,7 @@ def test_a_file_that_kills_its_loader_fails_alone(settings, monkeypatch):
 
     settings.CONSOLIDATION_WORKERS = 2
     client = ClientFactory()
-    for number in range(4):
-        writer = SpoolWriter(settings.SPOOL_DIR, 1 << 30, 3600)
-        writer.append(
-            _event(random.Random(number), client.pk, f"v{index % 10}", START)
-            for index in range(200)
-        )
-        writer.close()
+    _spool_files(settings, client.pk, files=4, events=200, visitors=10)
     closed = spool_paths()["closed"]
     culprit = sorted(closed.glob("*.jsonl"))[1]
     real_load = consolidation.spool_file_load
