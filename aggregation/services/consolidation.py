@@ -156,6 +156,7 @@ def _consolidate(run: ConsolidationRun, *, seal_open: bool) -> None:
                 if not outcome.no_fault:
                     _attempt_count(path)
                 continue
+            _file_done(path, outcome)
             run.files += 1
             run.lines += outcome.lines
             run.loaded += outcome.loaded
@@ -208,8 +209,6 @@ def _files_load(paths: list[Path]) -> Iterator[tuple[Path, FileResult | FileFail
     # A loader died (out of memory, killed) and took the pool down: each file not loaded yet
     # is loaded again, alone, so that only a file that kills its own loader fails.
     for path in broken:
-        if not path.exists():  # loaded and removed before the pool went down: nothing to do
-            continue
         with _loaders(1) as pool:
             try:
                 yield path, pool.submit(_file_load_in_process, path).result()
@@ -241,7 +240,7 @@ class FileFailure:
 
 def _file_load_or_failure(path: Path) -> FileResult | FileFailure:
     try:
-        return spool_file_load(path=path)
+        return _file_load_kept(path)
     except Exception as error:
         logger.exception("could not load spool file %s", path.name)
         return FileFailure(
@@ -384,6 +383,15 @@ def spool_file_load(*, path: Path) -> FileResult:
     A crash anywhere leaves the file in closed/; the next run loads it again (the unique event
     ids make an already loaded slice add nothing) and recomputes the same profiles.
     """
+    result = _file_load_kept(path)
+    _file_done(path, result)
+    return result
+
+
+def _file_load_kept(path: Path) -> FileResult:
+    """spool_file_load but for the removal: a loader process leaves that to the consolidation,
+    which removes the file once it has the result (a file loaded by a loader that died before
+    handing its result over is loaded again, its events found there already)."""
     paths = spool.spool_paths()
     result = FileResult()
     # Compressing the archive (zlib lets go of the GIL) overlaps the loading.
@@ -391,11 +399,15 @@ def spool_file_load(*, path: Path) -> FileResult:
         archived = archiver.submit(_archive, path, paths["archive"])
         _file_load(path, paths, result)
         archived.result()
-    if not result.bad_lines:
-        (paths["dead"] / f"{path.name}.dead").unlink()
-    path.unlink()
-    path.with_name(path.name + ".attempts").unlink(missing_ok=True)
     return result
+
+
+def _file_done(path: Path, result: FileResult) -> None:
+    """Remove a loaded file, its attempts and, when it had no bad line, its dead letters."""
+    if not result.bad_lines:
+        (spool.spool_paths()["dead"] / f"{path.name}.dead").unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".attempts").unlink(missing_ok=True)
 
 
 @dataclass

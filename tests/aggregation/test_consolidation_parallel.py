@@ -196,14 +196,14 @@ def test_a_file_that_kills_its_loader_fails_alone(settings, monkeypatch):
     _spool_files(settings, client.pk, files=4, events=200, visitors=10)
     closed = spool_paths()["closed"]
     culprit = sorted(closed.glob("*.jsonl"))[1]
-    real_load = consolidation.spool_file_load
+    real_load = consolidation._file_load_kept
 
-    def load_or_die(*, path):
+    def load_or_die(path):
         if path.name == culprit.name:
             os._exit(9)  # in the loader process: as the kernel's OOM killer would end it
-        return real_load(path=path)
+        return real_load(path)
 
-    monkeypatch.setattr(consolidation, "spool_file_load", load_or_die)  # inherited by fork
+    monkeypatch.setattr(consolidation, "_file_load_kept", load_or_die)  # inherited by fork
     run = spool_consolidate()
 
     assert (run.status, run.files, run.loaded) == ("failed", 3, 600)
@@ -231,3 +231,37 @@ def test_a_loader_takes_signals_as_a_plain_process_not_as_celery_s_pool_process(
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert handler == signal.SIG_DFL
+
+
+def test_a_file_loaded_by_a_loader_that_died_before_handing_over_is_loaded_again(
+    settings, monkeypatch, tmp_path
+):
+    """The consolidation removes a file once it has its result: a loader that committed a file
+    and died before handing the result over leaves it in closed/, and the file is loaded
+    again (its events found there already), so the run still counts it and its clients."""
+    from aggregation.services import consolidation
+
+    settings.CONSOLIDATION_WORKERS = 2
+    client = ClientFactory()
+    _spool_files(settings, client.pk, files=4, events=200, visitors=10)
+    closed = spool_paths()["closed"]
+    culprit = sorted(closed.glob("*.jsonl"))[1]
+    died = tmp_path / "died"
+    real_load = consolidation._file_load_kept
+
+    def load_then_die_once(path):
+        result = real_load(path)
+        if path.name == culprit.name and not died.exists():
+            died.touch()
+            os._exit(9)  # committed, result never handed over
+        return result
+
+    monkeypatch.setattr(consolidation, "_file_load_kept", load_then_die_once)
+    run = spool_consolidate()
+
+    assert died.exists()
+    assert (run.status, run.error, run.files) == ("done", "", 4)
+    assert (run.loaded, run.duplicates) == (600, 200)
+    assert run.client_ids == [client.pk]
+    assert list(closed.iterdir()) == []
+    assert Event.objects.filter(client=client).count() == 800
