@@ -26,8 +26,10 @@ SEARCH_ENGINES = ("google.", "bing.", "yahoo.", "duckduckgo.", "baidu.", "yandex
 
 
 class EventRow(NamedTuple):
-    """What a profile reads of one event. A named tuple: consolidation makes one for each event
-    it loads (a frozen dataclass cost 1.3 us to make, this 0.3)."""
+    """What a profile reads of one event read back from the database. A named tuple: a rebuild
+    makes one for each event it reads (a frozen dataclass cost 1.3 us to make, this 0.3).
+    Consolidation tallies its spool lines (records.SpoolLine, the same attribute names) as
+    they are."""
 
     type: str
     session_id: str

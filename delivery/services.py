@@ -11,7 +11,7 @@ import orjson
 from django.db import connection
 
 from campaigns.selectors import campaigns_active, content_answer
-from coremetrics.bulk import rows_upsert
+from coremetrics.bulk import copy_line, lines_upsert
 from coremetrics.models import Client
 from delivery.models import Visitor
 from delivery.stores import store_get
@@ -102,16 +102,20 @@ def visitors_upsert(*, client_id: int, visitors: list[VisitorSeen]) -> None:
     if connection.vendor == "postgresql":
         # COPY, without the ORM's per-field work: consolidation calls this for every visitor
         # it loads.
-        rows_upsert(
+        lines_upsert(
             table="delivery_visitor",
             columns=["client_id", "visitor_id", "first_seen_at", "last_seen_at", "cookie_data"],
-            rows=(
-                (
-                    client_id,
-                    seen.visitor_id,
-                    seen.first_seen_at,
-                    seen.last_seen_at,
-                    orjson.dumps({"visitor": seen.visitor_id, "session": seen.session_id}).decode(),
+            lines=(
+                copy_line(
+                    (
+                        client_id,
+                        seen.visitor_id,
+                        seen.first_seen_at,
+                        seen.last_seen_at,
+                        orjson.dumps(
+                            {"visitor": seen.visitor_id, "session": seen.session_id}
+                        ).decode(),
+                    )
                 )
                 for seen in visitors
             ),

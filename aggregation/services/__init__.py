@@ -11,7 +11,6 @@ from aggregation.services.consolidation import (
     events_load,
     quarantine_requeue,
     spool_consolidate,
-    spool_file_load,
 )
 from aggregation.services.identities import identities_separate, identities_stitch
 from aggregation.services.ingest import (
@@ -51,5 +50,4 @@ __all__ = [
     "profiles_settle",
     "quarantine_requeue",
     "spool_consolidate",
-    "spool_file_load",
 ]

@@ -371,30 +371,23 @@ def _attempt_count(path: Path) -> None:
     logger.error("spool file %s failed %d times; moved to quarantine/", path.name, attempts)
 
 
-# A file is loaded in slices of this many lines, one transaction each, so memory stays bounded
-# (about 2 KB a line: the line, its parsed record, its CSV row) whatever the file's size.
+# A file is read in slices of this many lines (two in memory at a time: one parsed while the
+# other loads), so memory stays bounded by the file's visitors whatever its size.
 SLICE_LINES = 20_000
 
 
-def spool_file_load(*, path: Path) -> FileResult:
-    """Archive one closed file, load it slice by slice, recompute its visitors' profiles,
-    remove it.
+def _file_load_kept(path: Path) -> FileResult:
+    """Archive one closed file, load it slice by slice and update its visitors' profiles, in
+    one transaction; leave the file in closed/ for the consolidation to remove once it has
+    the result (_file_done).
 
     A crash anywhere leaves the file in closed/; the next run loads it again (the unique event
-    ids make an already loaded slice add nothing) and recomputes the same profiles.
+    ids make an already loaded slice add nothing) and recomputes the same profiles. So does a
+    loader that dies after its commit, before handing its result over.
     """
-    result = _file_load_kept(path)
-    _file_done(path, result)
-    return result
-
-
-def _file_load_kept(path: Path) -> FileResult:
-    """spool_file_load but for the removal: a loader process leaves that to the consolidation,
-    which removes the file once it has the result (a file loaded by a loader that died before
-    handing its result over is loaded again, its events found there already)."""
     paths = spool.spool_paths()
     result = FileResult()
-    # Compressing the archive (zlib lets go of the GIL) overlaps the loading.
+    # Compressing the archive (zstandard lets go of the GIL) overlaps the loading.
     with ThreadPoolExecutor(max_workers=1) as archiver:
         archived = archiver.submit(_archive, path, paths["archive"])
         _file_load(path, paths, result)

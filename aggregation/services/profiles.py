@@ -113,9 +113,25 @@ def profiles_made_early(
     are still new (one given a profile meanwhile is merged instead)."""
     now = timezone.now()
     idle = timedelta(minutes=settings.SESSION_IDLE_MINUTES)
-    return EarlyProfiles(
-        now=now, lines=_profile_lines_early(client_id, tallies, recompute, now=now, idle=idle)
-    )
+    candidates = [v for v, tally in tallies.items() if tally and v not in recompute]
+    # SQLite has one writer at a time: nothing to make early.
+    if connection.vendor != "postgresql" or not candidates:
+        return EarlyProfiles(now=now, lines={})
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT visitor_id FROM aggregation_profile "
+            "WHERE client_id = %s AND visitor_id = ANY(%s)",
+            [client_id, candidates],
+        )
+        present = {visitor_id for (visitor_id,) in cursor.fetchall()}
+    lines = {
+        visitor_id: _profile_line(
+            client_id, _profile_of(visitor_id, tallies[visitor_id], now=now, idle=idle)
+        )
+        for visitor_id in candidates
+        if visitor_id not in present
+    }
+    return EarlyProfiles(now=now, lines=lines)
 
 
 def profiles_apply(
@@ -177,35 +193,6 @@ def profiles_apply(
     if rest:
         written += profiles_rebuild(client_id=client_id, visitor_ids=rest)
     return written
-
-
-def _profile_lines_early(
-    client_id: int,
-    tallies: dict[str, ProfileTally],
-    recompute: set[str],
-    *,
-    now: datetime,
-    idle: timedelta,
-) -> dict[str, str]:
-    """The COPY lines of the profiles of these visitors who have none yet (PostgreSQL: SQLite
-    has one writer at a time), from their tallies alone."""
-    candidates = [v for v, tally in tallies.items() if tally and v not in recompute]
-    if connection.vendor != "postgresql" or not candidates:
-        return {}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT visitor_id FROM aggregation_profile "
-            "WHERE client_id = %s AND visitor_id = ANY(%s)",
-            [client_id, candidates],
-        )
-        present = {visitor_id for (visitor_id,) in cursor.fetchall()}
-    return {
-        visitor_id: _profile_line(
-            client_id, _profile_of(visitor_id, tallies[visitor_id], now=now, idle=idle)
-        )
-        for visitor_id in candidates
-        if visitor_id not in present
-    }
 
 
 def profiles_refinish(*, client_id: int, visitor_ids: set[str]) -> int:

@@ -158,18 +158,18 @@ def test_a_visitor_given_a_profile_while_its_new_profile_was_being_made_is_merge
             event_id="00000000-0000-4000-8000-000000000002",
         )
     )
-    made_early = profiles_service._profile_lines_early
+    made_early = profiles_service.profiles_made_early
 
-    def made_early_then_another_loader_commits(client_id, tallies, recompute, *, now, idle):
-        lines = made_early(client_id, tallies, recompute, now=now, idle=idle)
-        assert set(lines) == {"v1"}
+    def made_early_then_another_loader_commits(*, client_id, tallies, recompute):
+        early = made_early(client_id=client_id, tallies=tallies, recompute=recompute)
+        assert set(early.lines) == {"v1"}
         profiles_service._profiles_write(
-            client_id, {"v1": theirs}, now=now, idle=idle, are_new=True
+            client_id, {"v1": theirs}, now=early.now, idle=timedelta(minutes=30), are_new=True
         )
-        return lines
+        return early
 
     monkeypatch.setattr(
-        profiles_service, "_profile_lines_early", made_early_then_another_loader_commits
+        profiles_service, "profiles_made_early", made_early_then_another_loader_commits
     )
     profiles_service.profiles_apply(client_id=client.pk, tallies={"v1": ours}, recompute=set())
 

@@ -10,7 +10,7 @@ from django.db import connection
 from aggregation.models import Profile
 from aggregation.profiles import EventRow, ProfileTally
 from aggregation.services.profiles import _profiles_write
-from coremetrics.bulk import COPY_ROWS, copy_line, rows_insert, rows_upsert
+from coremetrics.bulk import COPY_ROWS, copy_line, lines_insert, lines_upsert
 from tests.factories import ClientFactory
 
 pytestmark = [
@@ -58,7 +58,11 @@ def test_every_value_comes_back_as_it_went_in():
         for index, text in enumerate(TRICKY)
     ]
 
-    rows_insert(table="round_trip", columns=["i", "t", "j", "ts", "n", "b", "tn"], rows=rows)
+    lines_insert(
+        table="round_trip",
+        columns=["i", "t", "j", "ts", "n", "b", "tn"],
+        lines=map(copy_line, rows),
+    )
 
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL timezone = 'UTC'")
@@ -74,12 +78,12 @@ def test_every_value_comes_back_as_it_went_in():
 def test_an_upsert_updates_the_rows_there_and_adds_the_others_in_pieces():
     _table()
     count = COPY_ROWS + 5  # more than one COPY statement
-    rows_insert(table="round_trip", columns=["i", "t"], rows=[[0, "old"], [1, "old"]])
+    lines_insert(table="round_trip", columns=["i", "t"], lines=["0\told", "1\told"])
 
-    rows_upsert(
+    lines_upsert(
         table="round_trip",
         columns=["i", "t"],
-        rows=([index, f"new {index}"] for index in range(1, count)),
+        lines=(copy_line([index, f"new {index}"]) for index in range(1, count)),
         conflict=["i"],
         update=["t"],
     )
